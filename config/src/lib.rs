@@ -1,0 +1,79 @@
+//! Tributary configuration: serde types, TOML loading, environment overrides and
+//! validation that reports every error with its key path.
+//!
+//! A configuration is a TOML file whose tables are the sections of [`Config`].
+//! Any subset of keys is valid — missing keys take their documented default —
+//! and an unknown key is an error, so a typo never silently falls back to a
+//! default. Durations are strings such as `"10s"` or `"2h"` ([`duration`]).
+//!
+//! ```
+//! use tributary_config::Config;
+//!
+//! let config = Config::from_toml_str("[mqtt]\nmax_inflight = 64\n")?;
+//! assert_eq!(config.mqtt.max_inflight, 64);
+//! assert_eq!(config.mqtt.receive_maximum, 32); // default
+//!
+//! let err = Config::from_toml_str("[mqtt]\nmax_packet_size = 1\nmax_inflight = 0\n").unwrap_err();
+//! assert_eq!(err.to_string(), "mqtt.max_packet_size: must be between 2 and 268435460, got 1\n\
+//!                              mqtt.max_inflight: must be at least 1, got 0");
+//! # Ok::<(), tributary_config::ConfigError>(())
+//! ```
+//!
+//! # Layout
+//!
+//! - [`sections`]: one struct per TOML table (`[node]`, `[mqtt]`, `[listeners.tcp.<name>]`, …)
+//!   with its defaults; re-exported at the crate root.
+//! - [`duration`]: the `"10s"` / `"500ms"` duration format and its serde glue.
+//! - `load`: TOML text → environment overrides (`TRIBUTARY__SECTION__KEY`) →
+//!   typed config, collecting every unknown key and type error with its path;
+//!   [`ConfigError`] and [`ConfigProblem`].
+//! - `validate`: ranges and cross-field rules ([`Config::validate`]).
+//! - `src/default.toml`: the commented default file ([`default_config_toml`]);
+//!   a test keeps it equal to [`Config::default`].
+#![warn(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+pub mod duration;
+mod load;
+pub mod sections;
+mod validate;
+
+pub use duration::{format_duration, parse_duration, ParseDurationError};
+pub use load::{ConfigError, ConfigProblem, ENV_PREFIX};
+pub use sections::{
+    AclAction, AclRule, AuthenticationConfig, AuthorizationConfig, DenyAction, LimitsConfig,
+    Listeners, LogConfig, MqttConfig, MqueueOverflow, NodeConfig, Permission, RetainerConfig,
+    SharedStrategy, TcpListener,
+};
+
+/// The whole configuration. Each field is a top-level TOML table of the same name.
+///
+/// `Config::default()` is the documented default configuration, identical to
+/// [`default_config_toml`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[node]`: node name and `$SYS` interval.
+    pub node: NodeConfig,
+    /// `[log]`: log level / filter.
+    pub log: LogConfig,
+    /// `[mqtt]`: protocol limits and session behaviour.
+    pub mqtt: MqttConfig,
+    /// `[retainer]`: the retained-message store.
+    pub retainer: RetainerConfig,
+    /// `[listeners]`: sockets to accept connections on.
+    pub listeners: Listeners,
+    /// `[authorization]`: the built-in ACL.
+    pub authorization: AuthorizationConfig,
+    /// `[authentication]`: who may connect.
+    pub authentication: AuthenticationConfig,
+    /// `[limits]`: broker-wide bounds.
+    pub limits: LimitsConfig,
+}
+
+/// The commented default configuration file, printed by `tributary print-default-config`.
+/// Every key with its default and a one-line comment; parses to [`Config::default`].
+pub fn default_config_toml() -> &'static str {
+    include_str!("default.toml")
+}

@@ -1,0 +1,233 @@
+//! Authentication and authorization seams, shared by every protocol, and
+//! the built-in rule-based authorizer (first matching rule wins, in the
+//! spirit of EMQX's `acl.conf`).
+
+use std::net::IpAddr;
+
+use crate::session::ClientInfo;
+use crate::topic::matches;
+
+/// Outcome of an authentication attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Credentials accepted.
+    Allow,
+    /// Bad user name or password.
+    BadCredentials,
+    /// Not authorized to connect.
+    NotAuthorized,
+}
+
+/// Decides whether a client may connect.
+pub trait Authenticator: Send + Sync + std::fmt::Debug {
+    /// Check the client's credentials.
+    fn authenticate(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthOutcome;
+}
+
+/// Lets everybody in (anonymous access).
+#[derive(Debug, Default)]
+pub struct AllowAll;
+
+impl Authenticator for AllowAll {
+    fn authenticate(&self, _client: &ClientInfo, _password: Option<&[u8]>) -> AuthOutcome {
+        AuthOutcome::Allow
+    }
+}
+
+/// What a client wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Publish to a topic name.
+    Publish,
+    /// Subscribe to a topic filter.
+    Subscribe,
+}
+
+/// Allow or deny.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Allowed.
+    Allow,
+    /// Denied.
+    Deny,
+}
+
+/// Decides whether a client may publish or subscribe.
+pub trait Authorizer: Send + Sync + std::fmt::Debug {
+    /// Check one action on one topic (a name for publish, a filter for
+    /// subscribe, without any `$share/` prefix).
+    fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> Permission;
+}
+
+/// Who a rule applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Who {
+    /// Every client.
+    All,
+    /// A user name.
+    Username(String),
+    /// A client id.
+    ClientId(String),
+    /// An address range: network address and prefix length.
+    IpNet(IpAddr, u8),
+}
+
+/// Which actions a rule covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    /// Publish only.
+    Publish,
+    /// Subscribe only.
+    Subscribe,
+    /// Both.
+    All,
+}
+
+/// One rule. Topics may use `%u` (user name) and `%c` (client id); a topic
+/// written `eq FILTER` matches only that exact filter string.
+#[derive(Debug, Clone)]
+pub struct AclRule {
+    /// Allow or deny.
+    pub permission: Permission,
+    /// Subjects.
+    pub who: Vec<Who>,
+    /// Actions.
+    pub action: RuleAction,
+    /// Topic filters.
+    pub topics: Vec<String>,
+}
+
+/// Rules checked in order; the first match decides, else `no_match`.
+#[derive(Debug, Clone)]
+pub struct RuleAuthorizer {
+    /// The rules.
+    pub rules: Vec<AclRule>,
+    /// Decision when no rule matches.
+    pub no_match: Permission,
+}
+
+impl RuleAuthorizer {
+    /// Allow everything.
+    pub fn allow_all() -> RuleAuthorizer {
+        RuleAuthorizer {
+            rules: Vec::new(),
+            no_match: Permission::Allow,
+        }
+    }
+}
+
+fn who_matches(who: &Who, client: &ClientInfo) -> bool {
+    match who {
+        Who::All => true,
+        Who::Username(u) => client.username.as_deref() == Some(u.as_str()),
+        Who::ClientId(c) => &*client.client_id == c.as_str(),
+        Who::IpNet(net, prefix) => client.peer.is_some_and(|p| ip_in_net(p.ip(), *net, *prefix)),
+    }
+}
+
+/// True when `ip` is inside `net/prefix`.
+pub fn ip_in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let bits = u32::from(prefix.min(32));
+            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let bits = u32::from(prefix.min(128));
+            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+fn topic_matches(rule_topic: &str, client: &ClientInfo, action: Action, topic: &str) -> bool {
+    if let Some(exact) = rule_topic.strip_prefix("eq ") {
+        return exact == topic;
+    }
+    let filled = rule_topic
+        .replace("%u", client.username.as_deref().unwrap_or("%u"))
+        .replace("%c", &client.client_id);
+    match action {
+        Action::Publish => matches(topic, &filled),
+        // A subscription is covered when the rule's filter covers every
+        // topic it could match: equal, or the rule matches it level-wise.
+        Action::Subscribe => filled == topic || matches(topic, &filled),
+    }
+}
+
+impl Authorizer for RuleAuthorizer {
+    fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> Permission {
+        for rule in &self.rules {
+            let action_ok = matches!(
+                (rule.action, action),
+                (RuleAction::All, _) | (RuleAction::Publish, Action::Publish) | (RuleAction::Subscribe, Action::Subscribe)
+            );
+            if !action_ok || !rule.who.iter().any(|w| who_matches(w, client)) {
+                continue;
+            }
+            if rule.topics.iter().any(|t| topic_matches(t, client, action, topic)) {
+                return rule.permission;
+            }
+        }
+        self.no_match
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(user: Option<&str>) -> ClientInfo {
+        ClientInfo {
+            client_id: "c1".into(),
+            username: user.map(String::from),
+            peer: Some("10.1.2.3:5000".parse().expect("addr")),
+            protocol: "mqtt",
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_placeholders() {
+        let authz = RuleAuthorizer {
+            rules: vec![
+                AclRule {
+                    permission: Permission::Deny,
+                    who: vec![Who::All],
+                    action: RuleAction::Subscribe,
+                    topics: vec!["test/nosubscribe".into(), "eq #".into()],
+                },
+                AclRule {
+                    permission: Permission::Allow,
+                    who: vec![Who::Username("u".into())],
+                    action: RuleAction::All,
+                    topics: vec!["users/%u/#".into()],
+                },
+                AclRule {
+                    permission: Permission::Deny,
+                    who: vec![Who::IpNet("10.0.0.0".parse().expect("ip"), 8)],
+                    action: RuleAction::Publish,
+                    topics: vec!["#".into()],
+                },
+            ],
+            no_match: Permission::Allow,
+        };
+        let c = client(Some("u"));
+        assert_eq!(authz.authorize(&c, Action::Subscribe, "test/nosubscribe"), Permission::Deny);
+        assert_eq!(authz.authorize(&c, Action::Subscribe, "#"), Permission::Deny);
+        assert_eq!(authz.authorize(&c, Action::Subscribe, "a/#"), Permission::Allow);
+        assert_eq!(authz.authorize(&c, Action::Publish, "users/u/x"), Permission::Allow);
+        assert_eq!(authz.authorize(&c, Action::Publish, "other"), Permission::Deny);
+        assert_eq!(authz.authorize(&client(None), Action::Publish, "users/u/x"), Permission::Deny);
+    }
+
+    #[test]
+    fn ip_ranges() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        assert!(ip_in_net(ip("192.168.1.7"), ip("192.168.1.0"), 24));
+        assert!(!ip_in_net(ip("192.168.2.7"), ip("192.168.1.0"), 24));
+        assert!(ip_in_net(ip("::1"), ip("::1"), 128));
+        assert!(ip_in_net(ip("1.2.3.4"), ip("0.0.0.0"), 0));
+    }
+}

@@ -1,0 +1,810 @@
+//! The broker: the synchronous port every protocol channel calls into.
+//!
+//! It owns the session registry, the subscription trie and the retained
+//! store. There is no router task: the publisher's own task calls
+//! [`Broker::publish`], which updates the retained store, matches the trie
+//! under a read lock and pushes a [`Delivery`] into each subscriber
+//! session's bounded mailbox, waking its connection.
+//!
+//! Lock order (never reversed, never held across `.await`):
+//! `sessions` → `subscriptions` → `retained` → a session's state.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+
+use crate::auth::{Action, AllowAll, Authenticator, Authorizer, Permission, RuleAuthorizer};
+use crate::cluster::{ClusterBackend, SingleNode};
+use crate::message::{ClientId, Delivery, Message};
+use crate::metrics::Metrics;
+use crate::session::{
+    resend_list, ClientInfo, ConnectionSignal, KickReason, Overflow, QueueLimits, Resend, Session, SessionHandle, SubOptions,
+    Will,
+};
+use crate::storage::{MemoryPersistence, Persistence};
+use crate::topic::{parse_filter, TopicError};
+use crate::trie::Trie;
+
+/// How a shared-subscription group picks the member for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedStrategy {
+    /// Members in turn.
+    RoundRobin,
+    /// A random member.
+    Random,
+    /// The same member while it stays online.
+    Sticky,
+    /// By hash of the publisher's client id.
+    HashClientId,
+    /// By hash of the topic.
+    HashTopic,
+}
+
+/// Core settings (filled from the gateway's configuration).
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Maximum topic levels in names and filters.
+    pub max_topic_levels: usize,
+    /// Per-session mailbox limits.
+    pub queue: QueueLimits,
+    /// Shared-subscription dispatch.
+    pub shared_strategy: SharedStrategy,
+    /// Whether retained messages are stored.
+    pub retain_available: bool,
+    /// Maximum retained messages (0 = unlimited).
+    pub max_retained: usize,
+    /// Maximum retained payload in bytes (0 = unlimited).
+    pub max_retained_payload: usize,
+    /// Upper bound for session expiry intervals, seconds.
+    pub max_session_expiry: u32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            max_topic_levels: 128,
+            queue: QueueLimits {
+                max_len: 1000,
+                store_qos0: true,
+                overflow: Overflow::DropOldest,
+            },
+            shared_strategy: SharedStrategy::RoundRobin,
+            retain_available: true,
+            max_retained: 0,
+            max_retained_payload: 0,
+            max_session_expiry: u32::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<(ClientId, Arc<Session>, SubOptions)>,
+    cursor: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct FilterEntry {
+    filter: Arc<str>,
+    direct: HashMap<ClientId, (Arc<Session>, SubOptions)>,
+    shared: HashMap<Arc<str>, SharedGroup>,
+}
+
+impl FilterEntry {
+    fn is_empty(&self) -> bool {
+        self.direct.is_empty() && self.shared.is_empty()
+    }
+}
+
+/// What opening a session produced.
+#[derive(Debug)]
+pub struct OpenedSession {
+    /// The connection's handle on its session.
+    pub handle: SessionHandle,
+    /// True when an existing session was resumed.
+    pub session_present: bool,
+    /// Inflight messages to resend, in order.
+    pub resend: Vec<Resend>,
+}
+
+/// A request to open (or resume) a session.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    /// Who connects.
+    pub client: ClientInfo,
+    /// Discard any existing session first.
+    pub clean_start: bool,
+    /// Seconds the session outlives its connection (`u32::MAX` = forever).
+    pub expiry_interval: u32,
+    /// The will, if any.
+    pub will: Option<Will>,
+}
+
+/// How a connection ended, as far as the session is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseKind {
+    /// The client disconnected properly; `publish_will` is MQTT 5's
+    /// "disconnect with will message" (0x04).
+    Normal {
+        /// Publish the will anyway.
+        publish_will: bool,
+    },
+    /// The connection was lost or closed on error: the will applies.
+    Abnormal,
+}
+
+/// Result of a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubscribeOutcome {
+    /// The subscription replaced an existing one with the same filter.
+    pub existed: bool,
+    /// Retained messages queued for the subscriber.
+    pub retained_sent: usize,
+}
+
+/// The broker.
+#[derive(Debug)]
+pub struct Broker {
+    config: BrokerConfig,
+    sessions: Mutex<HashMap<ClientId, Arc<Session>>>,
+    subscriptions: RwLock<Trie<FilterEntry>>,
+    retained: RwLock<Trie<Arc<Message>>>,
+    metrics: Metrics,
+    authenticator: Box<dyn Authenticator>,
+    authorizer: Box<dyn Authorizer>,
+    persistence: Box<dyn Persistence>,
+    cluster: Box<dyn ClusterBackend>,
+}
+
+impl Broker {
+    /// A broker allowing everything, in memory, single node.
+    pub fn new(config: BrokerConfig) -> Broker {
+        Broker::with_seams(
+            config,
+            Box::new(AllowAll),
+            Box::new(RuleAuthorizer::allow_all()),
+            Box::new(MemoryPersistence),
+            Box::new(SingleNode),
+        )
+    }
+
+    /// A broker with the given seams; retained messages are restored from
+    /// `persistence`.
+    pub fn with_seams(
+        config: BrokerConfig,
+        authenticator: Box<dyn Authenticator>,
+        authorizer: Box<dyn Authorizer>,
+        persistence: Box<dyn Persistence>,
+        cluster: Box<dyn ClusterBackend>,
+    ) -> Broker {
+        let broker = Broker {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            subscriptions: RwLock::new(Trie::new()),
+            retained: RwLock::new(Trie::new()),
+            metrics: Metrics::default(),
+            authenticator,
+            authorizer,
+            persistence,
+            cluster,
+        };
+        {
+            let mut retained = broker.retained.write();
+            for m in broker.persistence.load_retained() {
+                let topic = m.topic.clone();
+                retained.insert(&topic, Arc::new(m));
+            }
+            broker.metrics.retained.store(retained.len() as u64, Ordering::Relaxed);
+        }
+        broker
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Counters and gauges.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The authentication chain.
+    pub fn authenticator(&self) -> &dyn Authenticator {
+        self.authenticator.as_ref()
+    }
+
+    /// Check whether `client` may perform `action` on `topic`; denials are counted.
+    pub fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+        let allowed = self.authorizer.authorize(client, action, topic) == Permission::Allow;
+        if !allowed {
+            match action {
+                Action::Publish => self.metrics.inc(&self.metrics.publish_denied),
+                Action::Subscribe => self.metrics.inc(&self.metrics.subscribe_denied),
+            }
+        }
+        allowed
+    }
+
+    /// Open a session for a new connection, taking over any connection that
+    /// holds the same client id.
+    pub fn open_session(&self, req: SessionRequest, now: Instant) -> OpenedSession {
+        let signal = ConnectionSignal::new();
+        let expiry = req.expiry_interval.min(self.config.max_session_expiry);
+        let client_id = req.client.client_id.clone();
+        let mut wills = Vec::new();
+        let mut orphaned = Vec::new();
+        let opened = {
+            let mut sessions = self.sessions.lock();
+            let existing = sessions.get(&client_id).cloned();
+            let mut resumed = None;
+            if let Some(old) = existing {
+                let mut st = old.state.lock();
+                if let Some(owner) = st.owner.take() {
+                    owner.kick(KickReason::Takeover);
+                    // The old connection ends now: its will applies. It is
+                    // published at once unless the session continues and
+                    // the will has a delay [MQTT-3.1.3-9].
+                    if let Some(will) = st.will.take() {
+                        if will.delay_interval == 0 || req.clean_start {
+                            wills.push(will);
+                        }
+                    }
+                } else if let Some(will) = st.will.take() {
+                    // Offline with a delayed will pending: a new connection
+                    // in time cancels it, unless the session ends now or
+                    // the will (or the session's end) is already due.
+                    let due = st.will_due.is_some_and(|d| d <= now) || st.expires_at.is_some_and(|at| at <= now);
+                    if req.clean_start || due {
+                        wills.push(will);
+                    }
+                }
+                st.will_due = None;
+                old.set_online(false);
+                let expired = st.expires_at.is_some_and(|at| at <= now);
+                if req.clean_start || expired {
+                    drop(st);
+                    sessions.remove(&client_id);
+                    self.metrics.dec(&self.metrics.sessions);
+                    orphaned = old.take_shared_unacked();
+                    self.drop_subscriptions(&old);
+                } else {
+                    st.owner = Some(signal.clone());
+                    st.expiry_interval = expiry;
+                    st.will = req.will.clone();
+                    st.expires_at = None;
+                    st.info = req.client.clone();
+                    let resend = resend_list(&st);
+                    drop(st);
+                    old.set_online(true);
+                    resumed = Some(OpenedSession {
+                        handle: SessionHandle {
+                            session: old.clone(),
+                            signal: signal.clone(),
+                        },
+                        session_present: true,
+                        resend,
+                    });
+                }
+            }
+            match resumed {
+                Some(opened) => opened,
+                None => {
+                    let session = Arc::new(Session::new(req.client.clone(), signal.clone(), expiry, req.will.clone()));
+                    sessions.insert(client_id, session.clone());
+                    self.metrics.inc(&self.metrics.sessions);
+                    OpenedSession {
+                        handle: SessionHandle { session, signal },
+                        session_present: false,
+                        resend: Vec::new(),
+                    }
+                }
+            }
+        };
+        let _ = self.redispatch(orphaned, now);
+        for will in wills {
+            self.publish_will(will, now);
+        }
+        opened
+    }
+
+    fn drop_subscriptions(&self, session: &Arc<Session>) {
+        let filters: Vec<Arc<str>> = {
+            let mut st = session.state.lock();
+            st.subscriptions.drain().map(|(k, _)| k).collect()
+        };
+        if filters.is_empty() {
+            return;
+        }
+        let mut trie = self.subscriptions.write();
+        for raw in filters {
+            if remove_from_trie(&mut trie, &raw, &session.client_id) {
+                self.metrics.dec(&self.metrics.subscriptions);
+            }
+        }
+    }
+
+    /// The connection owning `handle` ended. Applies the will, session
+    /// expiry, and hands unacknowledged shared-subscription messages to
+    /// other group members.
+    pub fn close_session(&self, handle: &SessionHandle, kind: CloseKind, now: Instant) {
+        let session = &handle.session;
+        let (will, expiry) = {
+            let mut st = session.state.lock();
+            if !st.owner.as_ref().is_some_and(|o| Arc::ptr_eq(o, &handle.signal)) {
+                return;
+            }
+            st.owner = None;
+            session.set_online(false);
+            let will = match kind {
+                CloseKind::Normal { publish_will: false } => {
+                    st.will = None;
+                    None
+                }
+                _ => st.will.take(),
+            };
+            (will, st.expiry_interval)
+        };
+        if expiry == 0 {
+            {
+                let mut sessions = self.sessions.lock();
+                if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                    sessions.remove(&session.client_id);
+                    self.metrics.dec(&self.metrics.sessions);
+                }
+            }
+            let shared = session.take_shared_unacked();
+            self.drop_subscriptions(session);
+            let _ = self.redispatch(shared, now);
+            if let Some(will) = will {
+                self.publish_will(will, now);
+            }
+            return;
+        }
+        let shared = session.take_shared_unacked();
+        let kept = self.redispatch(shared, now);
+        session.requeue_front(kept);
+        let mut publish_now = None;
+        {
+            let mut st = session.state.lock();
+            if expiry != u32::MAX {
+                st.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
+            }
+            if let Some(will) = will {
+                if will.delay_interval == 0 {
+                    publish_now = Some(will);
+                } else {
+                    let delay = will.delay_interval.min(expiry);
+                    st.will_due = Some(now + Duration::from_secs(u64::from(delay)));
+                    st.will = Some(will);
+                }
+            }
+        }
+        if let Some(will) = publish_now {
+            self.publish_will(will, now);
+        }
+    }
+
+    fn publish_will(&self, will: Will, now: Instant) {
+        self.metrics.inc(&self.metrics.wills_published);
+        // The will's expiry interval counts from its publication.
+        let message = will.message.with_expiry_interval(will.message_expiry_interval, now);
+        self.publish(message, now);
+    }
+
+    /// Fire delayed wills and end expired offline sessions. Returns the
+    /// next instant something is due, if any.
+    pub fn tick(&self, now: Instant) -> Option<Instant> {
+        let mut wills = Vec::new();
+        let mut ended = Vec::new();
+        let mut next: Option<Instant> = None;
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|_, session| {
+                if session.is_online() {
+                    return true;
+                }
+                let mut st = session.state.lock();
+                if st.owner.is_some() {
+                    return true;
+                }
+                if let Some(due) = st.will_due {
+                    if due <= now {
+                        st.will_due = None;
+                        if let Some(w) = st.will.take() {
+                            wills.push(w);
+                        }
+                    } else {
+                        next = Some(next.map_or(due, |n| n.min(due)));
+                    }
+                }
+                if let Some(at) = st.expires_at {
+                    if at <= now {
+                        if let Some(w) = st.will.take() {
+                            wills.push(w);
+                        }
+                        drop(st);
+                        ended.push(session.clone());
+                        return false;
+                    }
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+                true
+            });
+        }
+        for session in ended {
+            self.metrics.dec(&self.metrics.sessions);
+            self.drop_subscriptions(&session);
+        }
+        for will in wills {
+            self.publish_will(will, now);
+        }
+        next
+    }
+
+    /// Kick the connection of `client_id` (administrative). Returns false
+    /// when no such client is online.
+    pub fn kick(&self, client_id: &str, reason: KickReason) -> bool {
+        let sessions = self.sessions.lock();
+        let Some(session) = sessions.get(client_id) else {
+            return false;
+        };
+        let st = session.state.lock();
+        match &st.owner {
+            Some(owner) => {
+                owner.kick(reason);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Kick every online connection (shutdown).
+    pub fn kick_all(&self, reason: KickReason) {
+        let sessions = self.sessions.lock();
+        for session in sessions.values() {
+            if let Some(owner) = &session.state.lock().owner {
+                owner.kick(reason);
+            }
+        }
+    }
+
+    /// Snapshot of the sessions: (client info, online, subscriptions count).
+    pub fn clients(&self) -> Vec<(ClientInfo, bool, usize)> {
+        let sessions = self.sessions.lock();
+        sessions
+            .values()
+            .map(|s| {
+                let st = s.state.lock();
+                (st.info.clone(), st.owner.is_some(), st.subscriptions.len())
+            })
+            .collect()
+    }
+
+    /// Route a message: retained update, trie match, push into mailboxes.
+    /// Returns how many sessions it was queued for.
+    pub fn publish(&self, message: Message, now: Instant) -> usize {
+        self.metrics.inc(&self.metrics.messages_received);
+        let message = Arc::new(message);
+        if message.retain && self.config.retain_available {
+            self.store_retained(&message);
+        }
+        self.cluster.forward(&message);
+        let count = self.route(&message, now);
+        if count == 0 {
+            self.metrics.inc(&self.metrics.messages_no_subscribers);
+        }
+        count
+    }
+
+    fn store_retained(&self, message: &Arc<Message>) {
+        let mut retained = self.retained.write();
+        if message.payload.is_empty() {
+            if retained.remove(&message.topic).is_some() {
+                self.persistence.retained_changed(&message.topic, None);
+            }
+        } else {
+            let payload_ok = self.config.max_retained_payload == 0 || message.payload.len() <= self.config.max_retained_payload;
+            let room = self.config.max_retained == 0
+                || retained.len() < self.config.max_retained
+                || retained.get(&message.topic).is_some();
+            if payload_ok && room {
+                retained.insert(&message.topic, message.clone());
+                self.persistence.retained_changed(&message.topic, Some(message));
+            }
+        }
+        self.metrics.retained.store(retained.len() as u64, Ordering::Relaxed);
+    }
+
+    fn route(&self, message: &Arc<Message>, _now: Instant) -> usize {
+        let trie = self.subscriptions.read();
+        let mut direct: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
+        let mut shared: Vec<(&Arc<Session>, SubOptions, Arc<str>, Arc<str>)> = Vec::new();
+        let publisher = message.publisher.as_deref();
+        trie.for_each_filter_matching(&message.topic, &mut |entry: &FilterEntry| {
+            for (client_id, (session, opts)) in &entry.direct {
+                if opts.no_local && publisher == Some(&**client_id) {
+                    continue;
+                }
+                direct.push((session, opts));
+            }
+            for (group_name, group) in &entry.shared {
+                if let Some((session, opts)) = self.pick_member(group, message) {
+                    shared.push((session, *opts, group_name.clone(), entry.filter.clone()));
+                }
+            }
+        });
+        let limits = &self.config.queue;
+        let mut count = 0;
+        // One copy per session for overlapping subscriptions, at the highest
+        // granted QoS, carrying every subscription identifier.
+        if direct.len() > 1 {
+            direct.sort_by_key(|(s, _)| Arc::as_ptr(s) as usize);
+        }
+        let mut i = 0;
+        while i < direct.len() {
+            let (session, first) = direct[i];
+            let mut qos = first.qos;
+            let mut rap = first.retain_as_published;
+            let mut ids: Vec<u32> = first.subscription_id.into_iter().collect();
+            let mut j = i + 1;
+            while j < direct.len() && Arc::ptr_eq(direct[j].0, session) {
+                let o = direct[j].1;
+                qos = qos.max(o.qos);
+                rap |= o.retain_as_published;
+                ids.extend(o.subscription_id);
+                j += 1;
+            }
+            ids.sort_unstable();
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: qos.min(message.qos),
+                retain: rap && message.retain,
+                subscription_ids: ids,
+                shared: None,
+            };
+            if session.deliver(delivery, limits, &self.metrics) {
+                count += 1;
+            }
+            i = j;
+        }
+        for (session, opts, group, filter) in shared {
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: opts.qos.min(message.qos),
+                retain: opts.retain_as_published && message.retain,
+                subscription_ids: opts.subscription_id.into_iter().collect(),
+                shared: Some((group, filter)),
+            };
+            if session.deliver(delivery, limits, &self.metrics) {
+                count += 1;
+            }
+        }
+        count
+    }
+
+    fn pick_member<'a>(&self, group: &'a SharedGroup, message: &Message) -> Option<(&'a Arc<Session>, &'a SubOptions)> {
+        let n = group.members.len();
+        if n == 0 {
+            return None;
+        }
+        let start = match self.config.shared_strategy {
+            SharedStrategy::RoundRobin => group.cursor.fetch_add(1, Ordering::Relaxed) % n,
+            SharedStrategy::Random => rand::thread_rng().gen_range(0..n),
+            SharedStrategy::Sticky => group.cursor.load(Ordering::Relaxed) % n,
+            SharedStrategy::HashClientId => hash_of(message.publisher.as_deref().unwrap_or("")) % n,
+            SharedStrategy::HashTopic => hash_of(&message.topic) % n,
+        };
+        // Prefer an online member, starting at the chosen one.
+        for k in 0..n {
+            let idx = (start + k) % n;
+            let (_, session, opts) = &group.members[idx];
+            if session.is_online() {
+                if self.config.shared_strategy == SharedStrategy::Sticky {
+                    group.cursor.store(idx, Ordering::Relaxed);
+                }
+                return Some((session, opts));
+            }
+        }
+        let (_, session, opts) = &group.members[start];
+        Some((session, opts))
+    }
+
+    /// Hand shared deliveries to an online member of their group; returns
+    /// those no member could take.
+    fn redispatch(&self, deliveries: Vec<Delivery>, _now: Instant) -> Vec<Delivery> {
+        let mut kept = Vec::new();
+        if deliveries.is_empty() {
+            return kept;
+        }
+        let trie = self.subscriptions.read();
+        for delivery in deliveries {
+            let Some((group_name, filter)) = delivery.shared.clone() else {
+                kept.push(delivery);
+                continue;
+            };
+            let target = trie
+                .get(&filter)
+                .and_then(|entry| entry.shared.get(&group_name))
+                .and_then(|group| group.members.iter().find(|(_, s, _)| s.is_online()));
+            if let Some((_, session, opts)) = target {
+                let mut d = delivery;
+                d.qos = opts.qos.min(d.message.qos);
+                d.retain = opts.retain_as_published && d.message.retain;
+                d.subscription_ids = opts.subscription_id.into_iter().collect();
+                session.deliver(d, &self.config.queue, &self.metrics);
+            } else {
+                kept.push(delivery);
+            }
+        }
+        kept
+    }
+
+    /// Subscribe `handle`'s session to `raw_filter` (plain or
+    /// `$share/{group}/{filter}`). Retained messages are queued per the
+    /// retain handling option (never for shared subscriptions).
+    pub fn subscribe(
+        &self,
+        handle: &SessionHandle,
+        raw_filter: &str,
+        options: SubOptions,
+        now: Instant,
+    ) -> Result<SubscribeOutcome, TopicError> {
+        let parsed = parse_filter(raw_filter, self.config.max_topic_levels)?;
+        let session = &handle.session;
+        let client_id = session.client_id.clone();
+        let existed = {
+            let mut trie = self.subscriptions.write();
+            {
+                // Checked and recorded under the session lock, so a takeover
+                // either sees this subscription (and drops it) or refuses it.
+                let mut st = session.state.lock();
+                if !handle.owns(&st) {
+                    return Ok(SubscribeOutcome { existed: false, retained_sent: 0 });
+                }
+                st.subscriptions.insert(raw_filter.into(), options);
+            }
+            let entry = trie.get_or_insert_with(parsed.filter, || FilterEntry {
+                filter: parsed.filter.into(),
+                direct: HashMap::new(),
+                shared: HashMap::new(),
+            });
+            let existed = match parsed.share_group {
+                None => entry.direct.insert(client_id.clone(), (session.clone(), options)).is_some(),
+                Some(group) => {
+                    let group = entry.shared.entry(group.into()).or_default();
+                    match group.members.iter_mut().find(|(c, _, _)| *c == client_id) {
+                        Some(member) => {
+                            member.2 = options;
+                            true
+                        }
+                        None => {
+                            group.members.push((client_id.clone(), session.clone(), options));
+                            false
+                        }
+                    }
+                }
+            };
+            existed
+        };
+        if !existed {
+            self.metrics.inc(&self.metrics.subscriptions);
+        }
+        let mut retained_sent = 0;
+        let send_retained = parsed.share_group.is_none()
+            && match options.retain_handling {
+                0 => true,
+                1 => !existed,
+                _ => false,
+            };
+        if send_retained {
+            let mut found = Vec::new();
+            {
+                let retained = self.retained.read();
+                retained.for_each_topic_matched_by(parsed.filter, &mut |m: &Arc<Message>| found.push(m.clone()));
+            }
+            for message in found {
+                if message.is_expired(now) {
+                    continue;
+                }
+                let delivery = Delivery {
+                    qos: options.qos.min(message.qos),
+                    message,
+                    retain: true,
+                    subscription_ids: options.subscription_id.into_iter().collect(),
+                    shared: None,
+                };
+                if session.deliver(delivery, &self.config.queue, &self.metrics) {
+                    retained_sent += 1;
+                }
+            }
+        }
+        Ok(SubscribeOutcome { existed, retained_sent })
+    }
+
+    /// Remove a subscription. Returns false when it did not exist.
+    pub fn unsubscribe(&self, handle: &SessionHandle, raw_filter: &str) -> bool {
+        let session = &handle.session;
+        let mut trie = self.subscriptions.write();
+        let had = {
+            let mut st = session.state.lock();
+            handle.owns(&st) && st.subscriptions.remove(raw_filter).is_some()
+        };
+        if had && remove_from_trie(&mut trie, raw_filter, &session.client_id) {
+            self.metrics.dec(&self.metrics.subscriptions);
+        }
+        had
+    }
+
+    /// Every subscription as (client id, raw filter, options).
+    pub fn subscription_list(&self) -> Vec<(ClientId, Arc<str>, SubOptions)> {
+        let sessions: Vec<Arc<Session>> = self.sessions.lock().values().cloned().collect();
+        let mut out = Vec::new();
+        for s in sessions {
+            for (filter, opts) in s.subscriptions() {
+                out.push((s.client_id.clone(), filter, opts));
+            }
+        }
+        out
+    }
+
+    /// The retained message on `topic`, if any and not expired.
+    pub fn retained(&self, topic: &str, now: Instant) -> Option<Arc<Message>> {
+        self.retained.read().get(topic).filter(|m| !m.is_expired(now)).cloned()
+    }
+
+    /// Retained messages matching `filter`.
+    pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
+        let mut out = Vec::new();
+        self.retained.read().for_each_topic_matched_by(filter, &mut |m: &Arc<Message>| {
+            if !m.is_expired(now) {
+                out.push(m.clone());
+            }
+        });
+        out
+    }
+
+    /// Number of sessions held.
+    pub fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+}
+
+fn remove_from_trie(trie: &mut Trie<FilterEntry>, raw: &str, client_id: &ClientId) -> bool {
+    let Ok(parsed) = parse_filter(raw, usize::MAX) else {
+        return false;
+    };
+    let mut removed = false;
+    trie.update(parsed.filter, |slot| {
+        if let Some(entry) = slot {
+            match parsed.share_group {
+                None => removed = entry.direct.remove(client_id).is_some(),
+                Some(group) => {
+                    if let Some(g) = entry.shared.get_mut(group) {
+                        let before = g.members.len();
+                        g.members.retain(|(c, _, _)| c != client_id);
+                        removed = g.members.len() != before;
+                        if g.members.is_empty() {
+                            entry.shared.remove(group);
+                        }
+                    }
+                }
+            }
+            if entry.is_empty() {
+                *slot = None;
+            }
+        }
+    });
+    removed
+}
+
+fn hash_of(s: &str) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    s.hash(&mut h);
+    h.finish() as usize
+}

@@ -1,0 +1,541 @@
+//! Sessions: what the core keeps for one client across its connections —
+//! subscriptions, the bounded mailbox of pending deliveries, the outgoing
+//! inflight window with packet ids, incoming QoS 2 ids awaiting release,
+//! the will, and expiry.
+//!
+//! A session is owned by at most one connection at a time, represented by
+//! its [`ConnectionSignal`]. Publishers push into the mailbox under the
+//! session's mutex (held only for the push) and wake the owner; the owner's
+//! channel pulls deliveries through its [`SessionHandle`]. A handle whose
+//! connection was taken over or kicked is inert: every mutating call checks
+//! ownership first.
+//!
+//! ```text
+//!   open_session ──▶ Online(owner) ──close──▶ Offline ──expiry──▶ gone
+//!        ▲                │ takeover               │
+//!        └────────────────┴────────────────────────┘ reconnect (clean_start = false)
+//! ```
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::message::{ClientId, Delivery, Message, QoS};
+use crate::metrics::Metrics;
+
+/// What a protocol channel tells the core about who is connecting.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Client identifier (after mountpoint/assignment).
+    pub client_id: ClientId,
+    /// User name, if given.
+    pub username: Option<String>,
+    /// Remote address, when the transport has one.
+    pub peer: Option<SocketAddr>,
+    /// Protocol name for logs and APIs (`mqtt`, `mqtt-sn`, `coap`, …).
+    pub protocol: &'static str,
+}
+
+/// Options of one subscription, protocol-neutral (MQTT 5 semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubOptions {
+    /// Maximum QoS granted.
+    pub qos: QoS,
+    /// Do not deliver the subscriber's own publishes.
+    pub no_local: bool,
+    /// Keep the published retain flag on delivery.
+    pub retain_as_published: bool,
+    /// 0 = send retained on subscribe, 1 = only if new, 2 = never.
+    pub retain_handling: u8,
+    /// MQTT 5 subscription identifier.
+    pub subscription_id: Option<u32>,
+}
+
+impl SubOptions {
+    /// Plain options at a QoS.
+    pub fn at(qos: QoS) -> SubOptions {
+        SubOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: 0,
+            subscription_id: None,
+        }
+    }
+}
+
+/// A will message with its delay.
+#[derive(Debug, Clone)]
+pub struct Will {
+    /// The message to publish.
+    pub message: Message,
+    /// Seconds to wait after an abnormal close before publishing.
+    pub delay_interval: u32,
+    /// Message expiry interval in seconds, applied when the will is published.
+    pub message_expiry_interval: Option<u32>,
+}
+
+/// Why a connection is told to go away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KickReason {
+    /// Another connection took the session over (MQTT 5: 0x8E).
+    Takeover = 1,
+    /// An administrator kicked the client (0x98).
+    Administrative = 2,
+    /// The server is shutting down (0x8B).
+    ServerShutdown = 3,
+}
+
+/// The per-connection wake-up and kick signal shared between the core and
+/// the connection's driver task.
+#[derive(Debug, Default)]
+pub struct ConnectionSignal {
+    notify: Notify,
+    kicked: AtomicU8,
+}
+
+impl ConnectionSignal {
+    /// A fresh signal.
+    pub fn new() -> Arc<ConnectionSignal> {
+        Arc::new(ConnectionSignal::default())
+    }
+
+    /// Wake the connection (stores a permit if it is not waiting).
+    pub fn wake(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Wait until woken.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    /// Tell the connection to close for `reason`, and wake it.
+    pub fn kick(&self, reason: KickReason) {
+        self.kicked.store(reason as u8, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    /// Why the connection was kicked, if it was.
+    pub fn kicked(&self) -> Option<KickReason> {
+        match self.kicked.load(Ordering::Acquire) {
+            1 => Some(KickReason::Takeover),
+            2 => Some(KickReason::Administrative),
+            3 => Some(KickReason::ServerShutdown),
+            _ => None,
+        }
+    }
+}
+
+/// Where an outgoing QoS 1/2 message is in its acknowledgement flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightPhase {
+    /// QoS 1 PUBLISH sent, waiting for PUBACK.
+    AwaitingAck,
+    /// QoS 2 PUBLISH sent, waiting for PUBREC.
+    AwaitingRec,
+    /// PUBREL sent, waiting for PUBCOMP.
+    AwaitingComp,
+}
+
+/// One outgoing message awaiting acknowledgement.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// Packet identifier used on the wire.
+    pub packet_id: u16,
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Where the flow stands.
+    pub phase: InflightPhase,
+}
+
+/// Bounds and policies for a session's mailbox.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    /// Maximum pending deliveries.
+    pub max_len: usize,
+    /// Whether QoS 0 messages are queued while the client is offline.
+    pub store_qos0: bool,
+    /// What to drop when full.
+    pub overflow: Overflow,
+}
+
+/// Mailbox overflow policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop the oldest pending delivery to make room.
+    DropOldest,
+    /// Drop the new delivery.
+    DropNewest,
+}
+
+/// Result of registering an incoming QoS 2 packet id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingQos2 {
+    /// First time seen: route the message.
+    New,
+    /// Already awaiting PUBREL: answer PUBREC again, do not route.
+    Duplicate,
+    /// Too many awaiting release.
+    Full,
+}
+
+#[derive(Debug)]
+pub(crate) struct SessionState {
+    pub(crate) subscriptions: HashMap<Arc<str>, SubOptions>,
+    queue: VecDeque<Delivery>,
+    inflight: VecDeque<Inflight>,
+    next_packet_id: u16,
+    incoming_qos2: HashSet<u16>,
+    pub(crate) owner: Option<Arc<ConnectionSignal>>,
+    pub(crate) expiry_interval: u32,
+    pub(crate) will: Option<Will>,
+    pub(crate) will_due: Option<Instant>,
+    pub(crate) expires_at: Option<Instant>,
+    pub(crate) info: ClientInfo,
+}
+
+/// A client's session.
+#[derive(Debug)]
+pub struct Session {
+    /// The client identifier.
+    pub client_id: ClientId,
+    online: AtomicBool,
+    pub(crate) state: Mutex<SessionState>,
+}
+
+impl Session {
+    pub(crate) fn new(info: ClientInfo, owner: Arc<ConnectionSignal>, expiry_interval: u32, will: Option<Will>) -> Session {
+        Session {
+            client_id: info.client_id.clone(),
+            online: AtomicBool::new(true),
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: VecDeque::new(),
+                next_packet_id: 1,
+                incoming_qos2: HashSet::new(),
+                owner: Some(owner),
+                expiry_interval,
+                will,
+                will_due: None,
+                expires_at: None,
+                info,
+            }),
+        }
+    }
+
+    /// True while a connection owns the session.
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Release);
+    }
+
+    /// Queue a delivery, applying the bound and overflow policy, and wake
+    /// the owner. Returns false when the delivery was dropped.
+    pub(crate) fn deliver(&self, delivery: Delivery, limits: &QueueLimits, metrics: &Metrics) -> bool {
+        let mut st = self.state.lock();
+        if st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.store_qos0 {
+            metrics.inc(&metrics.messages_dropped_offline_qos0);
+            return false;
+        }
+        if st.queue.len() >= limits.max_len {
+            metrics.inc(&metrics.messages_dropped_queue_full);
+            match limits.overflow {
+                Overflow::DropNewest => return false,
+                Overflow::DropOldest => {
+                    st.queue.pop_front();
+                }
+            }
+        }
+        st.queue.push_back(delivery);
+        if let Some(owner) = &st.owner {
+            owner.wake();
+        }
+        true
+    }
+
+    /// Put deliveries back at the front of the mailbox, in order, ignoring the bound.
+    pub(crate) fn requeue_front(&self, deliveries: Vec<Delivery>) {
+        let mut st = self.state.lock();
+        for d in deliveries.into_iter().rev() {
+            st.queue.push_front(d);
+        }
+    }
+
+    /// Take back shared-subscription deliveries not yet completed, so they
+    /// can go to another member of their group.
+    pub(crate) fn take_shared_unacked(&self) -> Vec<Delivery> {
+        let mut st = self.state.lock();
+        let mut out = Vec::new();
+        // Inflight first: they are older than anything still queued.
+        let inflight = std::mem::take(&mut st.inflight);
+        for i in inflight {
+            if i.delivery.shared.is_some() && i.phase != InflightPhase::AwaitingComp {
+                out.push(i.delivery);
+            } else {
+                st.inflight.push_back(i);
+            }
+        }
+        let queue = std::mem::take(&mut st.queue);
+        for d in queue {
+            if d.shared.is_some() && d.qos != QoS::AtMostOnce {
+                out.push(d);
+            } else {
+                st.queue.push_back(d);
+            }
+        }
+        out
+    }
+
+    /// Current number of pending (not yet sent) deliveries.
+    pub fn queue_len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Current number of outgoing messages awaiting acknowledgement.
+    pub fn inflight_len(&self) -> usize {
+        self.state.lock().inflight.len()
+    }
+
+    /// The subscriptions as (raw filter, options).
+    pub fn subscriptions(&self) -> Vec<(Arc<str>, SubOptions)> {
+        self.state.lock().subscriptions.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// What a connection holds to act on its session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// The session.
+    pub session: Arc<Session>,
+    /// This connection's signal.
+    pub signal: Arc<ConnectionSignal>,
+}
+
+/// A message ready to be written: QoS 0 ones have no packet id.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Packet id for QoS 1/2.
+    pub packet_id: Option<u16>,
+    /// The delivery.
+    pub delivery: Delivery,
+    /// True when this is a retransmission (MQTT DUP flag).
+    pub dup: bool,
+}
+
+/// Something to resend when a persistent session resumes.
+#[derive(Debug, Clone)]
+pub enum Resend {
+    /// PUBLISH again with DUP set.
+    Publish(Outgoing),
+    /// PUBREL again.
+    PubRel(u16),
+}
+
+impl SessionHandle {
+    pub(crate) fn owns(&self, st: &SessionState) -> bool {
+        st.owner.as_ref().is_some_and(|o| Arc::ptr_eq(o, &self.signal))
+    }
+
+    /// True while this connection owns the session.
+    pub fn is_owner(&self) -> bool {
+        let st = self.session.state.lock();
+        self.owns(&st)
+    }
+
+    /// Pull deliveries to send now: up to `max` messages; QoS 1/2 ones only
+    /// while fewer than `window` are inflight (they get packet ids and are
+    /// recorded inflight). `accept` may refuse a delivery (e.g. larger than
+    /// the client's maximum packet size): it is then dropped and counted.
+    /// Expired messages are dropped.
+    pub fn take_for_send(
+        &self,
+        now: Instant,
+        max: usize,
+        window: usize,
+        metrics: &Metrics,
+        mut accept: impl FnMut(&Delivery) -> bool,
+    ) -> Vec<Outgoing> {
+        let mut st = self.session.state.lock();
+        if !self.owns(&st) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(front) = st.queue.front() else { break };
+            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+                break;
+            }
+            let Some(delivery) = st.queue.pop_front() else { break };
+            if delivery.message.is_expired(now) {
+                metrics.inc(&metrics.messages_dropped_expired);
+                continue;
+            }
+            if !accept(&delivery) {
+                metrics.inc(&metrics.messages_dropped_too_large);
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce {
+                out.push(Outgoing {
+                    packet_id: None,
+                    delivery,
+                    dup: false,
+                });
+                continue;
+            }
+            let Some(packet_id) = next_free_packet_id(&mut st) else {
+                st.queue.push_front(delivery);
+                break;
+            };
+            let phase = if delivery.qos == QoS::AtLeastOnce {
+                InflightPhase::AwaitingAck
+            } else {
+                InflightPhase::AwaitingRec
+            };
+            st.inflight.push_back(Inflight {
+                packet_id,
+                delivery: delivery.clone(),
+                phase,
+            });
+            out.push(Outgoing {
+                packet_id: Some(packet_id),
+                delivery,
+                dup: false,
+            });
+        }
+        out
+    }
+
+    /// True when deliveries are waiting and could be sent within `window`.
+    pub fn has_sendable(&self, window: usize) -> bool {
+        let st = self.session.state.lock();
+        st.queue.front().is_some_and(|d| d.qos == QoS::AtMostOnce || st.inflight.len() < window)
+    }
+
+    /// PUBACK received: completes a QoS 1 flow. False if unknown.
+    pub fn acknowledge(&self, packet_id: u16) -> bool {
+        self.complete(packet_id, InflightPhase::AwaitingAck)
+    }
+
+    /// PUBCOMP received: completes a QoS 2 flow. False if unknown.
+    pub fn complete_qos2(&self, packet_id: u16) -> bool {
+        self.complete(packet_id, InflightPhase::AwaitingComp)
+    }
+
+    /// PUBREC received; with `accepted` false (an MQTT 5 error reason) the
+    /// flow ends there. Returns true when a PUBREL must be sent.
+    pub fn received(&self, packet_id: u16, accepted: bool) -> bool {
+        let mut st = self.session.state.lock();
+        if !self.owns(&st) {
+            return false;
+        }
+        let Some(pos) = st
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.phase != InflightPhase::AwaitingAck)
+        else {
+            return false;
+        };
+        if !accepted {
+            st.inflight.remove(pos);
+            return false;
+        }
+        if let Some(entry) = st.inflight.get_mut(pos) {
+            entry.phase = InflightPhase::AwaitingComp;
+        }
+        true
+    }
+
+    fn complete(&self, packet_id: u16, phase: InflightPhase) -> bool {
+        let mut st = self.session.state.lock();
+        if !self.owns(&st) {
+            return false;
+        }
+        match st.inflight.iter().position(|i| i.packet_id == packet_id && i.phase == phase) {
+            Some(pos) => {
+                st.inflight.remove(pos);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of outgoing messages awaiting acknowledgement.
+    pub fn inflight_len(&self) -> usize {
+        self.session.inflight_len()
+    }
+
+    /// Register an incoming QoS 2 packet id (PUBLISH received).
+    pub fn begin_incoming_qos2(&self, packet_id: u16, max_awaiting: usize) -> IncomingQos2 {
+        let mut st = self.session.state.lock();
+        if st.incoming_qos2.contains(&packet_id) {
+            IncomingQos2::Duplicate
+        } else if st.incoming_qos2.len() >= max_awaiting {
+            IncomingQos2::Full
+        } else {
+            st.incoming_qos2.insert(packet_id);
+            IncomingQos2::New
+        }
+    }
+
+    /// PUBREL received: forget the id. False if it was not known.
+    pub fn release_incoming_qos2(&self, packet_id: u16) -> bool {
+        self.session.state.lock().incoming_qos2.remove(&packet_id)
+    }
+
+    /// Number of incoming QoS 2 ids awaiting PUBREL.
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.session.state.lock().incoming_qos2.len()
+    }
+
+    /// Change the session expiry interval (MQTT 5 DISCONNECT).
+    pub fn set_expiry_interval(&self, seconds: u32) {
+        let mut st = self.session.state.lock();
+        if self.owns(&st) {
+            st.expiry_interval = seconds;
+        }
+    }
+
+    /// The session expiry interval in force.
+    pub fn expiry_interval(&self) -> u32 {
+        self.session.state.lock().expiry_interval
+    }
+}
+
+fn next_free_packet_id(st: &mut SessionState) -> Option<u16> {
+    if st.inflight.len() >= usize::from(u16::MAX) {
+        return None;
+    }
+    loop {
+        let id = st.next_packet_id;
+        st.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
+        if !st.inflight.iter().any(|i| i.packet_id == id) {
+            return Some(id);
+        }
+    }
+}
+
+/// Messages to resend on resume, in their original order, marked DUP.
+pub(crate) fn resend_list(st: &SessionState) -> Vec<Resend> {
+    st.inflight
+        .iter()
+        .map(|i| match i.phase {
+            InflightPhase::AwaitingComp => Resend::PubRel(i.packet_id),
+            _ => Resend::Publish(Outgoing {
+                packet_id: Some(i.packet_id),
+                delivery: i.delivery.clone(),
+                dup: true,
+            }),
+        })
+        .collect()
+}

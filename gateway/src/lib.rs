@@ -1,0 +1,116 @@
+//! The Tributary gateway: wiring, listeners and per-connection drivers.
+//!
+//! # Layout
+//! - [`wiring`]: configuration → core and channel settings.
+//! - [`mqtt_tcp`]: MQTT over TCP accept loop and connection driver.
+//! - [`start`] / [`Gateway`]: start every listener and the housekeeping
+//!   task; shut down gracefully (MQTT 5 clients get DISCONNECT 0x8B).
+//!
+//! `start` takes a configuration and returns once every listener is bound,
+//! so tests can start a real gateway on port 0.
+
+pub mod mqtt_tcp;
+pub mod wiring;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::info;
+use tributary_config::Config;
+use tributary_core::{Broker, KickReason};
+
+/// A running gateway.
+pub struct Gateway {
+    /// The core, for inspection.
+    pub broker: Arc<Broker>,
+    /// Bound MQTT/TCP addresses, by listener name.
+    pub mqtt_tcp: Vec<(String, SocketAddr)>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// How long connections get to say goodbye on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Bind every enabled listener and start serving.
+pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
+    let broker = Arc::new(wiring::broker(config));
+    let channel = wiring::mqtt_channel(config);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut mqtt_tcp = Vec::new();
+    let global_slots = config.limits.max_connections as usize;
+    for (name, l) in &config.listeners.tcp {
+        if !l.enabled {
+            continue;
+        }
+        let listener = tokio::net::TcpListener::bind(l.bind)
+            .await
+            .with_context(|| format!("listeners.tcp.{name}.bind: cannot bind {}", l.bind))?;
+        let addr = listener.local_addr()?;
+        info!(listener = %format!("tcp:{name}"), %addr, "MQTT listener started");
+        mqtt_tcp.push((name.clone(), addr));
+        let ctx = mqtt_tcp::ListenerContext {
+            broker: broker.clone(),
+            channel: channel.clone(),
+            shutdown: shutdown_rx.clone(),
+            slots: Arc::new(Semaphore::new((l.max_connections as usize).min(global_slots))),
+            nodelay: l.tcp_nodelay,
+        };
+        tasks.spawn(mqtt_tcp::accept_loop(listener, ctx, format!("tcp:{name}")));
+    }
+    tasks.spawn(housekeeping(broker.clone(), shutdown_rx));
+    Ok(Gateway {
+        broker,
+        mqtt_tcp,
+        shutdown: shutdown_tx,
+        tasks,
+    })
+}
+
+/// Delayed wills and session expiry, at one-second resolution or sooner.
+async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let now = mqtt_tcp::now();
+        let next = broker.tick(now);
+        let wait = next
+            .map(|at| at.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(10), Duration::from_secs(1));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+impl Gateway {
+    /// Stop accepting, tell every client, and wait (bounded) for the
+    /// connections to close.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.broker.kick_all(KickReason::ServerShutdown);
+        let drain = async {
+            while self.tasks.join_next().await.is_some() {}
+            while self.broker.metrics().connections.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            info!("shutdown grace period over; closing remaining connections");
+        }
+    }
+}
+
+/// Run until `signal` resolves, then shut down gracefully.
+pub async fn run(config: &Config, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let gateway = start(config).await?;
+    signal.await;
+    info!("shutting down");
+    gateway.shutdown().await;
+    Ok(())
+}

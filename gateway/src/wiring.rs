@@ -1,0 +1,138 @@
+//! Turns the validated configuration into the core's and the channels'
+//! settings: one place where config keys meet runtime types.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tributary_config::{AclAction, Config, MqueueOverflow, Permission, SharedStrategy};
+use tributary_core::auth::{AclRule, AllowAll, Permission as CorePermission, RuleAction, RuleAuthorizer, Who};
+use tributary_core::cluster::SingleNode;
+use tributary_core::session::{Overflow, QueueLimits};
+use tributary_core::storage::MemoryPersistence;
+use tributary_core::{Broker, BrokerConfig};
+use tributary_mqtt::channel::ChannelConfig;
+use tributary_mqtt::packet::QoS;
+
+/// Seconds in a `Duration`, saturated to `u32`.
+fn secs_u32(d: std::time::Duration) -> u32 {
+    u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
+}
+
+/// The core broker for `config`.
+pub fn broker(config: &Config) -> Broker {
+    let m = &config.mqtt;
+    let broker_config = BrokerConfig {
+        max_topic_levels: usize::from(m.max_topic_levels),
+        queue: QueueLimits {
+            max_len: m.max_mqueue_len as usize,
+            store_qos0: m.mqueue_store_qos0,
+            overflow: match m.mqueue_overflow {
+                MqueueOverflow::DropOldest => Overflow::DropOldest,
+                MqueueOverflow::DropNewest => Overflow::DropNewest,
+            },
+        },
+        shared_strategy: match m.shared_subscription_strategy {
+            SharedStrategy::RoundRobin => tributary_core::SharedStrategy::RoundRobin,
+            SharedStrategy::Random => tributary_core::SharedStrategy::Random,
+            SharedStrategy::Sticky => tributary_core::SharedStrategy::Sticky,
+            SharedStrategy::HashClientid => tributary_core::SharedStrategy::HashClientId,
+            SharedStrategy::HashTopic => tributary_core::SharedStrategy::HashTopic,
+        },
+        retain_available: m.retain_available && config.retainer.enabled,
+        max_retained: config.retainer.max_retained_messages as usize,
+        max_retained_payload: config.retainer.max_payload_size as usize,
+        max_session_expiry: secs_u32(m.max_session_expiry),
+    };
+    Broker::with_seams(
+        broker_config,
+        Box::new(AllowAll),
+        Box::new(authorizer(config)),
+        Box::new(MemoryPersistence),
+        Box::new(SingleNode),
+    )
+}
+
+fn permission(p: Permission) -> CorePermission {
+    match p {
+        Permission::Allow => CorePermission::Allow,
+        Permission::Deny => CorePermission::Deny,
+    }
+}
+
+/// The rule authorizer from `[authorization]`.
+pub fn authorizer(config: &Config) -> RuleAuthorizer {
+    let rules = config
+        .authorization
+        .rules
+        .iter()
+        .map(|r| {
+            let mut who = Vec::new();
+            if let Some(u) = &r.username {
+                who.push(Who::Username(u.clone()));
+            }
+            if let Some(c) = &r.clientid {
+                who.push(Who::ClientId(c.clone()));
+            }
+            if let Some(ip) = &r.ipaddr {
+                if let Some(net) = parse_net(ip) {
+                    who.push(Who::IpNet(net.0, net.1));
+                }
+            }
+            if who.is_empty() {
+                who.push(Who::All);
+            }
+            AclRule {
+                permission: permission(r.permission),
+                who,
+                action: match r.action {
+                    AclAction::Publish => RuleAction::Publish,
+                    AclAction::Subscribe => RuleAction::Subscribe,
+                    AclAction::All => RuleAction::All,
+                },
+                topics: r.topics.clone(),
+            }
+        })
+        .collect();
+    RuleAuthorizer {
+        rules,
+        no_match: permission(config.authorization.no_match),
+    }
+}
+
+/// `1.2.3.0/24`, `::1`, or a plain address (full-length prefix). The
+/// config crate has validated the syntax already.
+fn parse_net(text: &str) -> Option<(IpAddr, u8)> {
+    match text.split_once('/') {
+        Some((addr, prefix)) => Some((addr.parse().ok()?, prefix.parse().ok()?)),
+        None => {
+            let addr: IpAddr = text.parse().ok()?;
+            Some((addr, if addr.is_ipv4() { 32 } else { 128 }))
+        }
+    }
+}
+
+/// MQTT channel settings for `config`.
+pub fn mqtt_channel(config: &Config) -> Arc<ChannelConfig> {
+    let m = &config.mqtt;
+    Arc::new(ChannelConfig {
+        max_packet_size: m.max_packet_size,
+        receive_maximum: m.receive_maximum,
+        max_inflight: m.max_inflight,
+        topic_alias_maximum: m.max_topic_alias,
+        server_keep_alive: m.server_keep_alive,
+        keepalive_multiplier: m.keepalive_multiplier,
+        max_qos: match m.max_qos_allowed {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        },
+        retain_available: m.retain_available && config.retainer.enabled,
+        wildcard_subscription: m.wildcard_subscription,
+        shared_subscription: m.shared_subscription,
+        max_clientid_len: usize::from(m.max_clientid_len),
+        max_awaiting_rel: m.max_awaiting_rel as usize,
+        connect_timeout: m.connect_timeout,
+        v3_session_expiry: secs_u32(m.max_session_expiry),
+        disconnect_on_denied_publish: config.authorization.deny_action == tributary_config::DenyAction::Disconnect,
+    })
+}

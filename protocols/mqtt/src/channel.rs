@@ -1,0 +1,892 @@
+//! The MQTT channel: one connection's protocol state machine, sans-IO.
+//!
+//! The driver feeds it decoded packets, decode errors, wake-ups and the
+//! current time; the channel calls into the core [`Broker`] (the only
+//! place routing, sessions and retained messages live) and queues packets
+//! for the driver to encode and write. It never touches a socket or reads
+//! a clock.
+//!
+//! ```text
+//!            CONNECT ok                      DISCONNECT / error / kick
+//!  Awaiting ───────────▶ Connected ──────────────────────────────▶ Closing
+//!     │ other packet, timeout, bad CONNECT                             ▲
+//!     └────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Errors are mapped to reason codes in one place, [`Channel::violation`]:
+//! MQTT 5 clients get a DISCONNECT with the reason first, 3.x clients are
+//! closed (they have no way to hear a reason).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tracing::{debug, info};
+use tributary_core::auth::{Action, AuthOutcome};
+use tributary_core::session::IncomingQos2;
+use tributary_core::{
+    Broker, ClientInfo, CloseKind, ConnectionSignal, Delivery, KickReason, Message, MessageProperties, Outgoing, Resend,
+    SessionHandle, SessionRequest, SubOptions, Will,
+};
+
+use crate::codec::{encoded_len, DecodeError};
+use crate::packet::{
+    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe,
+    UnsubAck, Unsubscribe,
+};
+use crate::reason::{self as rc, connack_v3};
+
+/// Channel settings, shared by every connection of a listener.
+#[derive(Debug, Clone)]
+pub struct ChannelConfig {
+    /// Largest packet accepted from clients (also announced in CONNACK).
+    pub max_packet_size: u32,
+    /// Server Receive Maximum: QoS 2 messages a client may have awaiting PUBREL.
+    pub receive_maximum: u16,
+    /// Cap on server→client unacknowledged QoS 1/2 messages.
+    pub max_inflight: u16,
+    /// Topic Alias Maximum announced to clients.
+    pub topic_alias_maximum: u16,
+    /// Overrides the client's keep alive when set (MQTT 5 Server Keep Alive).
+    pub server_keep_alive: Option<u16>,
+    /// Keep alive is enforced at this multiple of the interval.
+    pub keepalive_multiplier: f64,
+    /// Highest QoS accepted.
+    pub max_qos: QoS,
+    /// Retained messages supported.
+    pub retain_available: bool,
+    /// Wildcard subscriptions supported.
+    pub wildcard_subscription: bool,
+    /// Shared subscriptions supported.
+    pub shared_subscription: bool,
+    /// Longest client id accepted.
+    pub max_clientid_len: usize,
+    /// Incoming QoS 2 messages awaiting PUBREL per session (3.x bound).
+    pub max_awaiting_rel: usize,
+    /// Time allowed from connection to a complete CONNECT.
+    pub connect_timeout: Duration,
+    /// Session expiry used for 3.x persistent sessions, seconds.
+    pub v3_session_expiry: u32,
+    /// Close the connection (instead of silently dropping) on a denied
+    /// publish from a 3.x client.
+    pub disconnect_on_denied_publish: bool,
+}
+
+impl Default for ChannelConfig {
+    fn default() -> Self {
+        ChannelConfig {
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 32,
+            max_inflight: 32,
+            topic_alias_maximum: 65535,
+            server_keep_alive: None,
+            keepalive_multiplier: 1.5,
+            max_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            wildcard_subscription: true,
+            shared_subscription: true,
+            max_clientid_len: 65535,
+            max_awaiting_rel: 100,
+            connect_timeout: Duration::from_secs(10),
+            v3_session_expiry: 7200,
+            disconnect_on_denied_publish: false,
+        }
+    }
+}
+
+/// How many deliveries one wake-up turns into packets at most, so one busy
+/// session cannot starve the socket reader.
+const SEND_BATCH: usize = 256;
+
+struct Connected {
+    client: ClientInfo,
+    keep_alive: u16,
+    /// Client's Receive Maximum: our outgoing QoS 1/2 window.
+    client_receive_maximum: u16,
+    /// Client's Maximum Packet Size.
+    client_max_packet_size: u32,
+    /// Client's Topic Alias Maximum (server→client aliases).
+    client_topic_alias_max: u16,
+    /// Aliases the client set (client→server).
+    inbound_aliases: HashMap<u16, Arc<str>>,
+    /// Aliases we assigned (server→client).
+    outbound_aliases: HashMap<Arc<str>, u16>,
+    /// Whether reason strings may be sent on acks.
+    problem_information: bool,
+    /// Session expiry requested in CONNECT was zero.
+    connect_expiry_zero: bool,
+}
+
+enum State {
+    AwaitingConnect,
+    Connected(Box<Connected>),
+    Closed,
+}
+
+/// One connection's MQTT state.
+pub struct Channel {
+    broker: Arc<Broker>,
+    config: Arc<ChannelConfig>,
+    peer: Option<SocketAddr>,
+    version: ProtocolVersion,
+    state: State,
+    /// The session, from a successful CONNECT until `finish`.
+    handle: Option<SessionHandle>,
+    output: Vec<Packet>,
+    /// Deadline for the next packet from the client (connect timeout, then keep alive).
+    deadline: Option<Instant>,
+    /// How the session ends when the connection closes.
+    close_kind: CloseKind,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("peer", &self.peer)
+            .field("version", &self.version)
+            .field("client_id", &self.client_id())
+            .finish()
+    }
+}
+
+impl Channel {
+    /// A channel for a new connection accepted at `now`.
+    pub fn new(broker: Arc<Broker>, config: Arc<ChannelConfig>, peer: Option<SocketAddr>, now: Instant) -> Channel {
+        let deadline = Some(now + config.connect_timeout);
+        Channel {
+            broker,
+            config,
+            peer,
+            version: ProtocolVersion::V3_1_1,
+            state: State::AwaitingConnect,
+            handle: None,
+            output: Vec::new(),
+            deadline,
+            close_kind: CloseKind::Abnormal,
+        }
+    }
+
+    /// The version to decode and encode with.
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// Largest packet accepted from the client.
+    pub fn max_packet_size(&self) -> usize {
+        self.config.max_packet_size as usize
+    }
+
+    /// The client id once connected.
+    pub fn client_id(&self) -> Option<&str> {
+        match &self.state {
+            State::Connected(c) => Some(&c.client.client_id),
+            _ => None,
+        }
+    }
+
+    /// The signal that wakes this connection for deliveries and kicks.
+    pub fn signal(&self) -> Option<Arc<ConnectionSignal>> {
+        self.handle.as_ref().map(|h| h.signal.clone())
+    }
+
+    /// True once the connection must be closed (after writing the output).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// When the driver must call [`Channel::handle_timeout`].
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.is_closed() {
+            None
+        } else {
+            self.deadline
+        }
+    }
+
+    /// Packets to write, in order.
+    pub fn take_output(&mut self) -> Vec<Packet> {
+        std::mem::take(&mut self.output)
+    }
+
+    /// True when packets are waiting to be written.
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    /// A packet from the client.
+    pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
+        if self.is_closed() {
+            return;
+        }
+        if let State::Connected(c) = &self.state {
+            self.deadline = keep_alive_deadline(c.keep_alive, self.config.keepalive_multiplier, now);
+        }
+        match (&self.state, packet) {
+            (State::AwaitingConnect, Packet::Connect(connect)) => self.handle_connect(*connect, now),
+            (State::AwaitingConnect, _) => {
+                // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+                debug!("first packet is not CONNECT [MQTT-3.1.0-1]");
+                self.close_now();
+            }
+            (State::Connected(_), Packet::Connect(_)) => {
+                self.violation(rc::PROTOCOL_ERROR, "second CONNECT [MQTT-3.1.0-2]");
+            }
+            (State::Connected(_), Packet::Publish(p)) => self.handle_publish(p, now),
+            (State::Connected(_), Packet::PubAck(ack)) => {
+                if let Some(h) = &self.handle {
+                    h.acknowledge(ack.packet_id);
+                }
+                self.poll_deliveries(now);
+            }
+            (State::Connected(_), Packet::PubRec(rec)) => self.handle_pubrec(rec, now),
+            (State::Connected(_), Packet::PubRel(rel)) => {
+                let known = self.handle.as_ref().is_some_and(|h| h.release_incoming_qos2(rel.packet_id));
+                let reason = if known { rc::SUCCESS } else { rc::PACKET_IDENTIFIER_NOT_FOUND };
+                self.output.push(Packet::PubComp(ack(rel.packet_id, reason)));
+            }
+            (State::Connected(_), Packet::PubComp(comp)) => {
+                if let Some(h) = &self.handle {
+                    h.complete_qos2(comp.packet_id);
+                }
+                self.poll_deliveries(now);
+            }
+            (State::Connected(_), Packet::Subscribe(s)) => self.handle_subscribe(s, now),
+            (State::Connected(_), Packet::Unsubscribe(u)) => self.handle_unsubscribe(u),
+            (State::Connected(_), Packet::PingReq) => self.output.push(Packet::PingResp),
+            (State::Connected(_), Packet::Disconnect(d)) => self.handle_disconnect(d, now),
+            (State::Connected(_), Packet::Auth(_)) => {
+                // No enhanced authentication method was accepted at CONNECT,
+                // so an AUTH packet is a protocol error [MQTT-4.12.0-1].
+                self.violation(rc::PROTOCOL_ERROR, "AUTH without an authentication method");
+            }
+            (State::Connected(_), _) => {
+                self.violation(rc::PROTOCOL_ERROR, "packet type not allowed from a client");
+            }
+            (State::Closed, _) => {}
+        }
+    }
+
+    /// The decoder failed: answer per the spec and close.
+    pub fn handle_decode_error(&mut self, error: &DecodeError, _now: Instant) {
+        self.broker.metrics().inc(&self.broker.metrics().packets_malformed);
+        match (&self.state, error) {
+            (State::AwaitingConnect, DecodeError::UnsupportedProtocol { level }) => {
+                debug!(level, "unsupported protocol level");
+                let v5 = *level == 5;
+                self.output.push(Packet::ConnAck(ConnAck {
+                    session_present: false,
+                    code: if v5 { rc::UNSUPPORTED_PROTOCOL_VERSION } else { rc::V3_UNACCEPTABLE_PROTOCOL_VERSION },
+                    properties: Properties::default(),
+                }));
+                self.close_now();
+            }
+            (State::AwaitingConnect, e) => {
+                debug!(error = %e, "bad CONNECT");
+                if self.version.is_v5() {
+                    self.output.push(Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        code: e.reason_code(),
+                        properties: Properties::default(),
+                    }));
+                }
+                self.close_now();
+            }
+            (_, e) => self.violation(e.reason_code(), "undecodable packet"),
+        }
+    }
+
+    /// The connection's keep-alive or connect deadline may have passed.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let Some(deadline) = self.deadline else { return };
+        if now < deadline || self.is_closed() {
+            return;
+        }
+        match self.state {
+            State::AwaitingConnect => {
+                debug!("no CONNECT within the connect timeout");
+                self.close_now();
+            }
+            State::Connected(_) => {
+                debug!("keep alive expired [MQTT-3.1.2-24]");
+                self.violation(rc::KEEP_ALIVE_TIMEOUT, "keep alive timeout");
+            }
+            State::Closed => {}
+        }
+    }
+
+    /// The core woke this connection: deliveries to send, or a kick.
+    pub fn handle_wake(&mut self, now: Instant) {
+        if !matches!(self.state, State::Connected(_)) {
+            return;
+        }
+        match self.handle.as_ref().and_then(|h| h.signal.kicked()) {
+            Some(reason) => self.handle_kick(reason),
+            None => self.poll_deliveries(now),
+        }
+    }
+
+    fn handle_kick(&mut self, reason: KickReason) {
+        let (code, kind) = match reason {
+            // The session now belongs to the new connection; nothing to close.
+            KickReason::Takeover => (rc::SESSION_TAKEN_OVER, None),
+            KickReason::Administrative => (rc::ADMINISTRATIVE_ACTION, Some(CloseKind::Abnormal)),
+            KickReason::ServerShutdown => (rc::SERVER_SHUTTING_DOWN, Some(CloseKind::Normal { publish_will: false })),
+        };
+        info!(client_id = ?self.client_id(), ?reason, "disconnecting client");
+        if self.version.is_v5() {
+            self.output.push(Packet::Disconnect(Disconnect {
+                reason: code,
+                properties: Properties::default(),
+            }));
+        }
+        match kind {
+            Some(kind) => self.close_kind = kind,
+            None => self.handle = None,
+        }
+        self.state = State::Closed;
+    }
+
+    /// The server is shutting down: say so and close.
+    pub fn shutdown(&mut self) {
+        if let State::Connected(_) = self.state {
+            self.handle_kick(KickReason::ServerShutdown);
+        } else {
+            self.state = State::Closed;
+        }
+    }
+
+    /// The transport is gone (or the driver closed it after writing the
+    /// output): end the session's connection in the core. Idempotent.
+    pub fn finish(&mut self, now: Instant) {
+        self.state = State::Closed;
+        if let Some(handle) = self.handle.take() {
+            self.broker.close_session(&handle, self.close_kind, now);
+        }
+    }
+
+    fn close_now(&mut self) {
+        self.state = State::Closed;
+    }
+
+    /// A protocol violation: MQTT 5 clients get DISCONNECT with `reason`
+    /// first; the will applies. This is the channel's one "rescue" point.
+    fn violation(&mut self, reason: u8, why: &'static str) {
+        debug!(client_id = ?self.client_id(), reason = format_args!("{reason:#04x}"), why, "closing connection");
+        if self.version.is_v5() && matches!(self.state, State::Connected(_)) {
+            let properties = Properties {
+                reason_string: Some(why.to_string()),
+                ..Properties::default()
+            };
+            self.output.push(Packet::Disconnect(Disconnect { reason, properties }));
+        }
+        self.close_kind = CloseKind::Abnormal;
+        self.state = State::Closed;
+    }
+}
+
+// CONNECT (§3.1).
+impl Channel {
+    fn refuse_connect(&mut self, reason: u8, why: &'static str) {
+        debug!(reason = format_args!("{reason:#04x}"), why, "CONNECT refused");
+        let code = if self.version.is_v5() { reason } else { connack_v3(reason) };
+        let mut properties = Properties::default();
+        if self.version.is_v5() {
+            properties.reason_string = Some(why.to_string());
+        }
+        self.output.push(Packet::ConnAck(ConnAck {
+            session_present: false,
+            code,
+            properties,
+        }));
+        self.close_now();
+    }
+
+    fn handle_connect(&mut self, connect: Connect, now: Instant) {
+        self.version = connect.protocol;
+        let v5 = self.version.is_v5();
+        let cfg = self.config.clone();
+        let props = &connect.properties;
+
+        if props.authentication_method.is_some() {
+            return self.refuse_connect(rc::BAD_AUTHENTICATION_METHOD, "no enhanced authentication method is configured");
+        }
+        // Client identifier rules: [MQTT-3.1.3-7], [MQTT-3.1.3-8]; 3.1 limits it to 23 bytes.
+        let mut assigned = None;
+        let client_id: Arc<str> = if connect.client_id.is_empty() {
+            if !v5 && (!connect.clean_start || self.version == ProtocolVersion::V3_1) {
+                return self.refuse_connect(rc::CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session");
+            }
+            let id = generated_client_id();
+            if v5 {
+                assigned = Some(id.clone());
+            }
+            id.into()
+        } else {
+            if connect.client_id.len() > cfg.max_clientid_len
+                || (self.version == ProtocolVersion::V3_1 && connect.client_id.len() > 23)
+            {
+                return self.refuse_connect(rc::CLIENT_IDENTIFIER_NOT_VALID, "client id too long");
+            }
+            connect.client_id.as_str().into()
+        };
+
+        // The will (§3.1.2.5): its topic must be a valid name.
+        let mut will = None;
+        if let Some(w) = &connect.will {
+            if tributary_core::topic::validate_topic_name(&w.topic, self.broker.config().max_topic_levels).is_err() {
+                return self.refuse_connect(rc::TOPIC_NAME_INVALID, "invalid will topic");
+            }
+            if w.qos > cfg.max_qos {
+                return self.refuse_connect(rc::QOS_NOT_SUPPORTED, "will QoS not supported");
+            }
+            if w.retain && !cfg.retain_available {
+                return self.refuse_connect(rc::RETAIN_NOT_SUPPORTED, "will retain not supported");
+            }
+            let mut message = Message::new(w.topic.as_str(), w.payload.clone(), core_qos(w.qos), w.retain);
+            message.publisher = Some(client_id.clone());
+            message.properties = message_properties(&w.properties);
+            will = Some(Will {
+                message,
+                delay_interval: w.properties.will_delay_interval.unwrap_or(0),
+                message_expiry_interval: w.properties.message_expiry_interval,
+            });
+        }
+
+        let client = ClientInfo {
+            client_id: client_id.clone(),
+            username: connect.username.clone(),
+            peer: self.peer,
+            protocol: "mqtt",
+        };
+        match self.broker.authenticator().authenticate(&client, connect.password.as_deref()) {
+            AuthOutcome::Allow => {}
+            AuthOutcome::BadCredentials => return self.refuse_connect(rc::BAD_USERNAME_OR_PASSWORD, "bad user name or password"),
+            AuthOutcome::NotAuthorized => return self.refuse_connect(rc::NOT_AUTHORIZED, "not authorized"),
+        }
+        if let Some(w) = &will {
+            if !self.broker.authorize(&client, Action::Publish, &w.message.topic) {
+                return self.refuse_connect(rc::NOT_AUTHORIZED, "will topic not authorized");
+            }
+        }
+
+        let requested_expiry = if v5 {
+            props.session_expiry_interval.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            cfg.v3_session_expiry
+        };
+        let max_expiry = self.broker.config().max_session_expiry;
+        let expiry = requested_expiry.min(max_expiry);
+        let keep_alive = cfg.server_keep_alive.filter(|_| v5).unwrap_or(connect.keep_alive);
+
+        let opened = self.broker.open_session(
+            SessionRequest {
+                client: client.clone(),
+                clean_start: connect.clean_start,
+                expiry_interval: expiry,
+                will,
+            },
+            now,
+        );
+        info!(client_id = %client_id, version = ?self.version, clean_start = connect.clean_start,
+              session_present = opened.session_present, "client connected");
+
+        let mut properties = Properties::default();
+        if v5 {
+            properties.assigned_client_identifier = assigned;
+            properties.receive_maximum = Some(cfg.receive_maximum).filter(|&r| r != 65535);
+            properties.topic_alias_maximum = Some(cfg.topic_alias_maximum).filter(|&t| t > 0);
+            properties.maximum_packet_size = Some(cfg.max_packet_size).filter(|&m| m < 268_435_460);
+            if cfg.max_qos < QoS::ExactlyOnce {
+                properties.maximum_qos = Some(cfg.max_qos as u8);
+            }
+            if !cfg.retain_available {
+                properties.retain_available = Some(0);
+            }
+            if !cfg.wildcard_subscription {
+                properties.wildcard_subscription_available = Some(0);
+            }
+            if !cfg.shared_subscription {
+                properties.shared_subscription_available = Some(0);
+            }
+            if expiry != requested_expiry {
+                properties.session_expiry_interval = Some(expiry);
+            }
+            if cfg.server_keep_alive.is_some() {
+                properties.server_keep_alive = Some(keep_alive);
+            }
+        }
+        self.output.push(Packet::ConnAck(ConnAck {
+            session_present: opened.session_present,
+            code: rc::SUCCESS,
+            properties,
+        }));
+
+        self.deadline = keep_alive_deadline(keep_alive, cfg.keepalive_multiplier, now);
+        self.handle = Some(opened.handle);
+        self.state = State::Connected(Box::new(Connected {
+            client,
+            keep_alive,
+            client_receive_maximum: props.receive_maximum.unwrap_or(65535),
+            client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
+            client_topic_alias_max: if v5 { props.topic_alias_maximum.unwrap_or(0) } else { 0 },
+            inbound_aliases: HashMap::new(),
+            outbound_aliases: HashMap::new(),
+            problem_information: props.request_problem_information.unwrap_or(1) == 1,
+            connect_expiry_zero: requested_expiry == 0,
+        }));
+
+        // Resume: resend unacknowledged messages first, in order [MQTT-4.4.0-1].
+        for resend in opened.resend {
+            match resend {
+                Resend::Publish(out) => {
+                    if let Some(p) = self.build_publish(&out, now) {
+                        self.output.push(Packet::Publish(p));
+                    }
+                }
+                Resend::PubRel(id) => self.output.push(Packet::PubRel(ack(id, rc::SUCCESS))),
+            }
+        }
+        self.poll_deliveries(now);
+    }
+}
+
+// PUBLISH and its acknowledgements (§3.3–§3.7, §4.3).
+impl Channel {
+    fn handle_publish(&mut self, publish: Publish, now: Instant) {
+        let v5 = self.version.is_v5();
+        let max_levels = self.broker.config().max_topic_levels;
+        if publish.qos > self.config.max_qos {
+            return self.violation(rc::QOS_NOT_SUPPORTED, "QoS not supported [MQTT-3.2.2-11]");
+        }
+        if publish.retain && !self.config.retain_available {
+            return self.violation(rc::RETAIN_NOT_SUPPORTED, "retain not supported [MQTT-3.2.2-14]");
+        }
+        let alias_max = self.config.topic_alias_maximum;
+        let State::Connected(conn) = &mut self.state else { return };
+        // Topic alias, client→server (§3.3.2.3.4).
+        let topic: Arc<str> = match publish.properties.topic_alias {
+            Some(alias) if alias == 0 || alias > alias_max => {
+                return self.violation(rc::TOPIC_ALIAS_INVALID, "topic alias out of range [MQTT-3.3.2-9]");
+            }
+            Some(alias) if publish.topic.is_empty() => match conn.inbound_aliases.get(&alias) {
+                Some(t) => t.clone(),
+                None => return self.violation(rc::PROTOCOL_ERROR, "unknown topic alias"),
+            },
+            Some(alias) => {
+                let t: Arc<str> = publish.topic.as_str().into();
+                conn.inbound_aliases.insert(alias, t.clone());
+                t
+            }
+            None => publish.topic.as_str().into(),
+        };
+        if tributary_core::topic::validate_topic_name(&topic, max_levels).is_err() {
+            return self.violation(rc::TOPIC_NAME_INVALID, "invalid topic name [MQTT-3.3.2-2]");
+        }
+        let Some(handle) = self.handle.clone() else { return };
+        let problem_information = conn.problem_information;
+        let client = conn.client.clone();
+
+        let allowed = self.broker.authorize(&client, Action::Publish, &topic);
+        if !allowed {
+            debug!(client_id = %client.client_id, topic = %topic, "publish denied");
+            if !v5 && self.config.disconnect_on_denied_publish {
+                return self.violation(rc::NOT_AUTHORIZED, "publish not authorized");
+            }
+        }
+
+        let mut message = Message::new(topic, publish.payload, core_qos(publish.qos), publish.retain);
+        message.publisher = Some(client.client_id.clone());
+        message.properties = message_properties(&publish.properties);
+        let message = message.with_expiry_interval(publish.properties.message_expiry_interval, now);
+
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => {
+                if allowed {
+                    self.broker.publish(message, now);
+                }
+            }
+            (QoS::AtLeastOnce, Some(id)) => {
+                let reason = if !allowed {
+                    rc::NOT_AUTHORIZED
+                } else if self.broker.publish(message, now) == 0 {
+                    rc::NO_MATCHING_SUBSCRIBERS
+                } else {
+                    rc::SUCCESS
+                };
+                self.output.push(Packet::PubAck(ack_with(id, reason, problem_information)));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                if !allowed {
+                    self.output.push(Packet::PubRec(ack_with(id, rc::NOT_AUTHORIZED, problem_information)));
+                    return;
+                }
+                let limit = if v5 {
+                    usize::from(self.config.receive_maximum)
+                } else {
+                    self.config.max_awaiting_rel
+                };
+                match handle.begin_incoming_qos2(id, limit) {
+                    IncomingQos2::New => {
+                        let reason = if self.broker.publish(message, now) == 0 {
+                            rc::NO_MATCHING_SUBSCRIBERS
+                        } else {
+                            rc::SUCCESS
+                        };
+                        self.output.push(Packet::PubRec(ack_with(id, reason, problem_information)));
+                    }
+                    // A resent PUBLISH: acknowledge again, never route twice [MQTT-4.3.3-10].
+                    IncomingQos2::Duplicate => self.output.push(Packet::PubRec(ack(id, rc::SUCCESS))),
+                    IncomingQos2::Full if v5 => {
+                        self.violation(rc::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded [MQTT-3.3.4-9]")
+                    }
+                    IncomingQos2::Full => self.violation(rc::QUOTA_EXCEEDED, "too many QoS 2 messages awaiting PUBREL"),
+                }
+            }
+            (_, None) => self.violation(rc::PROTOCOL_ERROR, "QoS > 0 without packet id"),
+        }
+    }
+
+    fn handle_pubrec(&mut self, rec: PubResponse, now: Instant) {
+        let Some(handle) = &self.handle else { return };
+        let known = handle.received(rec.packet_id, rec.reason < 0x80);
+        if rec.reason < 0x80 {
+            let reason = if known { rc::SUCCESS } else { rc::PACKET_IDENTIFIER_NOT_FOUND };
+            self.output.push(Packet::PubRel(ack(rec.packet_id, reason)));
+        }
+        self.poll_deliveries(now);
+    }
+
+    /// Turn pending deliveries into PUBLISH packets within the client's
+    /// receive window and maximum packet size.
+    pub fn poll_deliveries(&mut self, now: Instant) {
+        let Some(handle) = self.handle.clone() else { return };
+        let State::Connected(conn) = &self.state else { return };
+        let window = usize::from(conn.client_receive_maximum.min(self.config.max_inflight));
+        let max_size = conn.client_max_packet_size as usize;
+        let version = self.version;
+        let outgoing = handle.take_for_send(now, SEND_BATCH, window, self.broker.metrics(), |d| {
+            max_size == usize::MAX || publish_size(d, version, now) <= max_size
+        });
+        for out in outgoing {
+            if let Some(p) = self.build_publish(&out, now) {
+                self.output.push(Packet::Publish(p));
+            }
+        }
+    }
+
+    fn build_publish(&mut self, out: &Outgoing, now: Instant) -> Option<Publish> {
+        let State::Connected(conn) = &mut self.state else { return None };
+        let d = &out.delivery;
+        let mut properties = publish_properties(d, now);
+        let mut topic = d.message.topic.to_string();
+        // Topic alias, server→client: assign while there is room, then reuse.
+        if conn.client_topic_alias_max > 0 {
+            match conn.outbound_aliases.get(&d.message.topic) {
+                Some(&alias) => {
+                    properties.topic_alias = Some(alias);
+                    topic.clear();
+                }
+                None => {
+                    let next = conn.outbound_aliases.len() + 1;
+                    if next <= usize::from(conn.client_topic_alias_max) {
+                        let alias = next as u16;
+                        conn.outbound_aliases.insert(d.message.topic.clone(), alias);
+                        properties.topic_alias = Some(alias);
+                    }
+                }
+            }
+        }
+        self.broker.metrics().inc(&self.broker.metrics().messages_sent);
+        Some(Publish {
+            dup: out.dup,
+            qos: mqtt_qos(d.qos),
+            retain: d.retain,
+            topic,
+            packet_id: out.packet_id,
+            properties,
+            payload: d.message.payload.clone(),
+        })
+    }
+}
+
+// SUBSCRIBE, UNSUBSCRIBE, DISCONNECT (§3.8–§3.14).
+impl Channel {
+    fn handle_subscribe(&mut self, subscribe: Subscribe, now: Instant) {
+        let v5 = self.version.is_v5();
+        let Some(handle) = self.handle.clone() else { return };
+        let State::Connected(conn) = &self.state else { return };
+        let client = conn.client.clone();
+        let max_levels = self.broker.config().max_topic_levels;
+        let subscription_id = subscribe.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        for (raw, opts) in &subscribe.filters {
+            let parsed = match tributary_core::topic::parse_filter(raw, max_levels) {
+                Ok(p) => p,
+                Err(_) => {
+                    reasons.push(if v5 { rc::TOPIC_FILTER_INVALID } else { rc::UNSPECIFIED_ERROR });
+                    continue;
+                }
+            };
+            if parsed.share_group.is_some() && opts.no_local && v5 {
+                // [MQTT-3.8.3-4]
+                return self.violation(rc::PROTOCOL_ERROR, "no local on a shared subscription");
+            }
+            if parsed.share_group.is_some() && !self.config.shared_subscription {
+                reasons.push(if v5 { rc::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { rc::UNSPECIFIED_ERROR });
+                continue;
+            }
+            if tributary_core::topic::has_wildcard(parsed.filter) && !self.config.wildcard_subscription {
+                reasons.push(if v5 { rc::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED } else { rc::UNSPECIFIED_ERROR });
+                continue;
+            }
+            if !self.broker.authorize(&client, Action::Subscribe, parsed.filter) {
+                reasons.push(if v5 { rc::NOT_AUTHORIZED } else { rc::UNSPECIFIED_ERROR });
+                continue;
+            }
+            let granted = opts.qos.min(self.config.max_qos);
+            let options = SubOptions {
+                qos: core_qos(granted),
+                no_local: opts.no_local,
+                retain_as_published: opts.retain_as_published,
+                retain_handling: opts.retain_handling,
+                subscription_id,
+            };
+            match self.broker.subscribe(&handle, raw, options, now) {
+                Ok(_) => reasons.push(granted as u8),
+                Err(_) => reasons.push(if v5 { rc::TOPIC_FILTER_INVALID } else { rc::UNSPECIFIED_ERROR }),
+            }
+        }
+        // SUBACK goes out before any retained message it triggered [MQTT-3.8.4-1].
+        self.output.push(Packet::SubAck(SubAck {
+            packet_id: subscribe.packet_id,
+            properties: Properties::default(),
+            reasons,
+        }));
+        self.poll_deliveries(now);
+    }
+
+    fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let Some(handle) = self.handle.clone() else { return };
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|f| {
+                if self.broker.unsubscribe(&handle, f) {
+                    rc::SUCCESS
+                } else {
+                    rc::NO_SUBSCRIPTION_EXISTED
+                }
+            })
+            .collect();
+        self.output.push(Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            properties: Properties::default(),
+            reasons: if self.version.is_v5() { reasons } else { Vec::new() },
+        }));
+    }
+
+    fn handle_disconnect(&mut self, disconnect: Disconnect, _now: Instant) {
+        let State::Connected(conn) = &self.state else { return };
+        if let Some(expiry) = disconnect.properties.session_expiry_interval {
+            if conn.connect_expiry_zero && expiry != 0 {
+                // [MQTT-3.14.2-2]
+                return self.violation(rc::PROTOCOL_ERROR, "session expiry set on DISCONNECT after zero in CONNECT");
+            }
+            if let Some(h) = &self.handle {
+                h.set_expiry_interval(expiry.min(self.broker.config().max_session_expiry));
+            }
+        }
+        debug!(client_id = %conn.client.client_id, reason = disconnect.reason, "client disconnected");
+        self.close_kind = CloseKind::Normal {
+            publish_will: disconnect.reason == rc::DISCONNECT_WITH_WILL,
+        };
+        self.state = State::Closed;
+    }
+}
+
+fn keep_alive_deadline(keep_alive: u16, multiplier: f64, now: Instant) -> Option<Instant> {
+    (keep_alive > 0).then(|| now + Duration::from_secs_f64(f64::from(keep_alive) * multiplier))
+}
+
+fn ack(packet_id: u16, reason: u8) -> PubResponse {
+    PubResponse {
+        packet_id,
+        reason,
+        properties: Properties::default(),
+    }
+}
+
+fn ack_with(packet_id: u16, reason: u8, problem_information: bool) -> PubResponse {
+    let mut r = ack(packet_id, reason);
+    if problem_information && reason == rc::NOT_AUTHORIZED {
+        r.properties.reason_string = Some("not authorized".into());
+    }
+    r
+}
+
+fn core_qos(q: QoS) -> tributary_core::QoS {
+    match q {
+        QoS::AtMostOnce => tributary_core::QoS::AtMostOnce,
+        QoS::AtLeastOnce => tributary_core::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => tributary_core::QoS::ExactlyOnce,
+    }
+}
+
+fn mqtt_qos(q: tributary_core::QoS) -> QoS {
+    match q {
+        tributary_core::QoS::AtMostOnce => QoS::AtMostOnce,
+        tributary_core::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        tributary_core::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn message_properties(p: &Properties) -> MessageProperties {
+    MessageProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+    }
+}
+
+fn publish_properties(d: &Delivery, now: Instant) -> Properties {
+    let m = &d.message;
+    Properties {
+        payload_format_indicator: m.properties.payload_format_indicator,
+        message_expiry_interval: m.remaining_expiry(now),
+        content_type: m.properties.content_type.clone(),
+        response_topic: m.properties.response_topic.clone(),
+        correlation_data: m.properties.correlation_data.clone(),
+        user_properties: m.properties.user_properties.clone(),
+        subscription_identifiers: d.subscription_ids.clone(),
+        ..Properties::default()
+    }
+}
+
+/// Encoded size of the PUBLISH for `d`, to respect the client's Maximum
+/// Packet Size [MQTT-3.1.2-25].
+fn publish_size(d: &Delivery, version: ProtocolVersion, now: Instant) -> usize {
+    let p = Packet::Publish(Publish {
+        dup: false,
+        qos: mqtt_qos(d.qos),
+        retain: d.retain,
+        topic: d.message.topic.to_string(),
+        packet_id: (d.qos != tributary_core::QoS::AtMostOnce).then_some(1),
+        properties: publish_properties(d, now),
+        payload: Bytes::new(),
+    });
+    encoded_len(&p, version).map_or(usize::MAX, |n| n + d.message.payload.len() + 4)
+}
+
+fn generated_client_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let salt = std::process::id();
+    format!("tributary-{salt:x}-{n}")
+}

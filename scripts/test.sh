@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run calls exactly this).
+#
+#   ./scripts/test.sh
+#
+# Installs what it needs (Python clients in a virtualenv under target/),
+# checks formatting and lints, builds the gateway, runs the Rust tests
+# (unit, property, channel and black-box integration tests), then the
+# interop tests that drive the real binary with third-party clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build the gateway"
+cargo build --locked -p tributary
+export TRIBUTARY_BIN="$root/target/debug/tributary"
+
+step "Python interop clients"
+venv="$root/target/interop-venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r interop-tests/python/requirements.txt
+
+step "Rust tests (unit, property, integration)"
+cargo nextest run --workspace --locked --no-fail-fast
+
+step "interop tests (paho-mqtt against the real binary)"
+"$venv/bin/python" -m pytest -q interop-tests/python
