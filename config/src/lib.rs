@@ -44,7 +44,7 @@ pub use load::{ConfigError, ConfigProblem, ENV_PREFIX};
 pub use sections::{
     AclAction, AclRule, AuthenticationConfig, AuthorizationConfig, DenyAction, LimitsConfig,
     Listeners, LogConfig, MqttConfig, MqueueOverflow, NodeConfig, Permission, RetainerConfig,
-    SharedStrategy, TcpListener,
+    SharedStrategy, SubscribeDeniedReason, TcpListener,
 };
 
 /// The whole configuration. Each field is a top-level TOML table of the same name.

@@ -118,6 +118,10 @@ pub struct MqttConfig {
     /// Keep-alive imposed on clients (MQTT 5 Server Keep Alive), in seconds; absent = use the client's. Default absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_keep_alive: Option<u16>,
+    /// Longest keep-alive accepted from MQTT 5 clients, in seconds: a client asking for more (or for none)
+    /// is told this value as Server Keep Alive. Absent = no cap. Default absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_keep_alive: Option<u16>,
     /// Longest session expiry granted; longer requests are cut to this. At most 2^32−1 s. Default 2 h.
     #[serde(with = "duration")]
     pub max_session_expiry: Duration,
@@ -156,6 +160,7 @@ impl Default for MqttConfig {
             await_rel_timeout: Duration::from_secs(300),
             keepalive_multiplier: 1.5,
             server_keep_alive: None,
+            max_keep_alive: None,
             max_session_expiry: Duration::from_secs(2 * 3600),
             connect_timeout: Duration::from_secs(10),
             max_mqueue_len: 1000,
@@ -337,6 +342,19 @@ pub struct AuthorizationConfig {
     pub deny_action: DenyAction,
     /// Ordered rules, written as `[[authorization.rules]]`. Default none.
     pub rules: Vec<AclRule>,
+    /// SUBACK reason code for a denied subscription from an MQTT 5 client. Default `"not_authorized"` (0x87).
+    pub subscribe_denied_reason: SubscribeDeniedReason,
+}
+
+/// The MQTT 5 SUBACK reason code for a subscription the ACL denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribeDeniedReason {
+    /// `"not_authorized"`: 0x87 (the default, as EMQX).
+    #[default]
+    NotAuthorized,
+    /// `"unspecified"`: 0x80, the only failure code 3.1.1 has (some test suites expect it from MQTT 5 too).
+    Unspecified,
 }
 
 impl Default for AuthorizationConfig {
@@ -345,6 +363,7 @@ impl Default for AuthorizationConfig {
             no_match: Permission::Allow,
             deny_action: DenyAction::Ignore,
             rules: Vec::new(),
+            subscribe_denied_reason: SubscribeDeniedReason::NotAuthorized,
         }
     }
 }

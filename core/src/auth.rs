@@ -89,7 +89,7 @@ pub enum RuleAction {
 pub struct AclRule {
     /// Allow or deny.
     pub permission: Permission,
-    /// Subjects.
+    /// Subjects; all must match. Empty or `[Who::All]` = everybody.
     pub who: Vec<Who>,
     /// Actions.
     pub action: RuleAction,
@@ -121,7 +121,9 @@ fn who_matches(who: &Who, client: &ClientInfo) -> bool {
         Who::All => true,
         Who::Username(u) => client.username.as_deref() == Some(u.as_str()),
         Who::ClientId(c) => &*client.client_id == c.as_str(),
-        Who::IpNet(net, prefix) => client.peer.is_some_and(|p| ip_in_net(p.ip(), *net, *prefix)),
+        Who::IpNet(net, prefix) => client
+            .peer
+            .is_some_and(|p| ip_in_net(p.ip(), *net, *prefix)),
     }
 }
 
@@ -130,12 +132,20 @@ pub fn ip_in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
             let bits = u32::from(prefix.min(32));
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             u32::from(a) & mask == u32::from(n) & mask
         }
         (IpAddr::V6(a), IpAddr::V6(n)) => {
             let bits = u32::from(prefix.min(128));
-            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
             u128::from(a) & mask == u128::from(n) & mask
         }
         _ => false,
@@ -162,12 +172,19 @@ impl Authorizer for RuleAuthorizer {
         for rule in &self.rules {
             let action_ok = matches!(
                 (rule.action, action),
-                (RuleAction::All, _) | (RuleAction::Publish, Action::Publish) | (RuleAction::Subscribe, Action::Subscribe)
+                (RuleAction::All, _)
+                    | (RuleAction::Publish, Action::Publish)
+                    | (RuleAction::Subscribe, Action::Subscribe)
             );
-            if !action_ok || !rule.who.iter().any(|w| who_matches(w, client)) {
+            // Every subject the rule names must match (user name and address, say).
+            if !action_ok || !rule.who.iter().all(|w| who_matches(w, client)) {
                 continue;
             }
-            if rule.topics.iter().any(|t| topic_matches(t, client, action, topic)) {
+            if rule
+                .topics
+                .iter()
+                .any(|t| topic_matches(t, client, action, topic))
+            {
                 return rule.permission;
             }
         }
@@ -214,12 +231,30 @@ mod tests {
             no_match: Permission::Allow,
         };
         let c = client(Some("u"));
-        assert_eq!(authz.authorize(&c, Action::Subscribe, "test/nosubscribe"), Permission::Deny);
-        assert_eq!(authz.authorize(&c, Action::Subscribe, "#"), Permission::Deny);
-        assert_eq!(authz.authorize(&c, Action::Subscribe, "a/#"), Permission::Allow);
-        assert_eq!(authz.authorize(&c, Action::Publish, "users/u/x"), Permission::Allow);
-        assert_eq!(authz.authorize(&c, Action::Publish, "other"), Permission::Deny);
-        assert_eq!(authz.authorize(&client(None), Action::Publish, "users/u/x"), Permission::Deny);
+        assert_eq!(
+            authz.authorize(&c, Action::Subscribe, "test/nosubscribe"),
+            Permission::Deny
+        );
+        assert_eq!(
+            authz.authorize(&c, Action::Subscribe, "#"),
+            Permission::Deny
+        );
+        assert_eq!(
+            authz.authorize(&c, Action::Subscribe, "a/#"),
+            Permission::Allow
+        );
+        assert_eq!(
+            authz.authorize(&c, Action::Publish, "users/u/x"),
+            Permission::Allow
+        );
+        assert_eq!(
+            authz.authorize(&c, Action::Publish, "other"),
+            Permission::Deny
+        );
+        assert_eq!(
+            authz.authorize(&client(None), Action::Publish, "users/u/x"),
+            Permission::Deny
+        );
     }
 
     #[test]

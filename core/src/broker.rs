@@ -20,11 +20,11 @@ use rand::Rng;
 
 use crate::auth::{Action, AllowAll, Authenticator, Authorizer, Permission, RuleAuthorizer};
 use crate::cluster::{ClusterBackend, SingleNode};
-use crate::message::{ClientId, Delivery, Message};
+use crate::message::{ClientId, Delivery, Message, QoS};
 use crate::metrics::Metrics;
 use crate::session::{
-    resend_list, ClientInfo, ConnectionSignal, KickReason, Overflow, QueueLimits, Resend, Session, SessionHandle, SubOptions,
-    Will,
+    resend_list, ClientInfo, ConnectionSignal, KickReason, Overflow, QueueLimits, Resend, Session,
+    SessionHandle, SubOptions, Will,
 };
 use crate::storage::{MemoryPersistence, Persistence};
 use crate::topic::{parse_filter, TopicError};
@@ -62,6 +62,8 @@ pub struct BrokerConfig {
     pub max_retained_payload: usize,
     /// Upper bound for session expiry intervals, seconds.
     pub max_session_expiry: u32,
+    /// Deliver at the subscription's QoS even when the message's is lower.
+    pub upgrade_qos: bool,
 }
 
 impl Default for BrokerConfig {
@@ -78,6 +80,7 @@ impl Default for BrokerConfig {
             max_retained: 0,
             max_retained_payload: 0,
             max_session_expiry: u32::MAX,
+            upgrade_qos: false,
         }
     }
 }
@@ -199,7 +202,10 @@ impl Broker {
                 let topic = m.topic.clone();
                 retained.insert(&topic, Arc::new(m));
             }
-            broker.metrics.retained.store(retained.len() as u64, Ordering::Relaxed);
+            broker
+                .metrics
+                .retained
+                .store(retained.len() as u64, Ordering::Relaxed);
         }
         broker
     }
@@ -259,7 +265,8 @@ impl Broker {
                     // Offline with a delayed will pending: a new connection
                     // in time cancels it, unless the session ends now or
                     // the will (or the session's end) is already due.
-                    let due = st.will_due.is_some_and(|d| d <= now) || st.expires_at.is_some_and(|at| at <= now);
+                    let due = st.will_due.is_some_and(|d| d <= now)
+                        || st.expires_at.is_some_and(|at| at <= now);
                     if req.clean_start || due {
                         wills.push(will);
                     }
@@ -279,7 +286,7 @@ impl Broker {
                     st.will = req.will.clone();
                     st.expires_at = None;
                     st.info = req.client.clone();
-                    let resend = resend_list(&st);
+                    let resend = resend_list(&mut st, now);
                     drop(st);
                     old.set_online(true);
                     resumed = Some(OpenedSession {
@@ -295,7 +302,12 @@ impl Broker {
             match resumed {
                 Some(opened) => opened,
                 None => {
-                    let session = Arc::new(Session::new(req.client.clone(), signal.clone(), expiry, req.will.clone()));
+                    let session = Arc::new(Session::new(
+                        req.client.clone(),
+                        signal.clone(),
+                        expiry,
+                        req.will.clone(),
+                    ));
                     sessions.insert(client_id, session.clone());
                     self.metrics.inc(&self.metrics.sessions);
                     OpenedSession {
@@ -336,13 +348,19 @@ impl Broker {
         let session = &handle.session;
         let (will, expiry) = {
             let mut st = session.state.lock();
-            if !st.owner.as_ref().is_some_and(|o| Arc::ptr_eq(o, &handle.signal)) {
+            if !st
+                .owner
+                .as_ref()
+                .is_some_and(|o| Arc::ptr_eq(o, &handle.signal))
+            {
                 return;
             }
             st.owner = None;
             session.set_online(false);
             let will = match kind {
-                CloseKind::Normal { publish_will: false } => {
+                CloseKind::Normal {
+                    publish_will: false,
+                } => {
                     st.will = None;
                     None
                 }
@@ -353,7 +371,10 @@ impl Broker {
         if expiry == 0 {
             {
                 let mut sessions = self.sessions.lock();
-                if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session)) {
+                if sessions
+                    .get(&session.client_id)
+                    .is_some_and(|s| Arc::ptr_eq(s, session))
+                {
                     sessions.remove(&session.client_id);
                     self.metrics.dec(&self.metrics.sessions);
                 }
@@ -393,7 +414,9 @@ impl Broker {
     fn publish_will(&self, will: Will, now: Instant) {
         self.metrics.inc(&self.metrics.wills_published);
         // The will's expiry interval counts from its publication.
-        let message = will.message.with_expiry_interval(will.message_expiry_interval, now);
+        let message = will
+            .message
+            .with_expiry_interval(will.message_expiry_interval, now);
         self.publish(message, now);
     }
 
@@ -509,22 +532,26 @@ impl Broker {
                 self.persistence.retained_changed(&message.topic, None);
             }
         } else {
-            let payload_ok = self.config.max_retained_payload == 0 || message.payload.len() <= self.config.max_retained_payload;
+            let payload_ok = self.config.max_retained_payload == 0
+                || message.payload.len() <= self.config.max_retained_payload;
             let room = self.config.max_retained == 0
                 || retained.len() < self.config.max_retained
                 || retained.get(&message.topic).is_some();
             if payload_ok && room {
                 retained.insert(&message.topic, message.clone());
-                self.persistence.retained_changed(&message.topic, Some(message));
+                self.persistence
+                    .retained_changed(&message.topic, Some(message));
             }
         }
-        self.metrics.retained.store(retained.len() as u64, Ordering::Relaxed);
+        self.metrics
+            .retained
+            .store(retained.len() as u64, Ordering::Relaxed);
     }
 
     fn route(&self, message: &Arc<Message>, _now: Instant) -> usize {
         let trie = self.subscriptions.read();
         let mut direct: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
-        let mut shared: Vec<(&Arc<Session>, SubOptions, Arc<str>, Arc<str>)> = Vec::new();
+        let mut shared: Vec<SharedPick<'_>> = Vec::new();
         let publisher = message.publisher.as_deref();
         trie.for_each_filter_matching(&message.topic, &mut |entry: &FilterEntry| {
             for (client_id, (session, opts)) in &entry.direct {
@@ -563,7 +590,7 @@ impl Broker {
             ids.sort_unstable();
             let delivery = Delivery {
                 message: message.clone(),
-                qos: qos.min(message.qos),
+                qos: self.effective_qos(qos, message.qos),
                 retain: rap && message.retain,
                 subscription_ids: ids,
                 shared: None,
@@ -576,7 +603,7 @@ impl Broker {
         for (session, opts, group, filter) in shared {
             let delivery = Delivery {
                 message: message.clone(),
-                qos: opts.qos.min(message.qos),
+                qos: self.effective_qos(opts.qos, message.qos),
                 retain: opts.retain_as_published && message.retain,
                 subscription_ids: opts.subscription_id.into_iter().collect(),
                 shared: Some((group, filter)),
@@ -588,7 +615,19 @@ impl Broker {
         count
     }
 
-    fn pick_member<'a>(&self, group: &'a SharedGroup, message: &Message) -> Option<(&'a Arc<Session>, &'a SubOptions)> {
+    fn effective_qos(&self, granted: QoS, published: QoS) -> QoS {
+        if self.config.upgrade_qos {
+            granted
+        } else {
+            granted.min(published)
+        }
+    }
+
+    fn pick_member<'a>(
+        &self,
+        group: &'a SharedGroup,
+        message: &Message,
+    ) -> Option<(&'a Arc<Session>, &'a SubOptions)> {
         let n = group.members.len();
         if n == 0 {
             return None;
@@ -634,7 +673,7 @@ impl Broker {
                 .and_then(|group| group.members.iter().find(|(_, s, _)| s.is_online()));
             if let Some((_, session, opts)) = target {
                 let mut d = delivery;
-                d.qos = opts.qos.min(d.message.qos);
+                d.qos = self.effective_qos(opts.qos, d.message.qos);
                 d.retain = opts.retain_as_published && d.message.retain;
                 d.subscription_ids = opts.subscription_id.into_iter().collect();
                 session.deliver(d, &self.config.queue, &self.metrics);
@@ -665,7 +704,10 @@ impl Broker {
                 // either sees this subscription (and drops it) or refuses it.
                 let mut st = session.state.lock();
                 if !handle.owns(&st) {
-                    return Ok(SubscribeOutcome { existed: false, retained_sent: 0 });
+                    return Ok(SubscribeOutcome {
+                        existed: false,
+                        retained_sent: 0,
+                    });
                 }
                 st.subscriptions.insert(raw_filter.into(), options);
             }
@@ -675,7 +717,10 @@ impl Broker {
                 shared: HashMap::new(),
             });
             let existed = match parsed.share_group {
-                None => entry.direct.insert(client_id.clone(), (session.clone(), options)).is_some(),
+                None => entry
+                    .direct
+                    .insert(client_id.clone(), (session.clone(), options))
+                    .is_some(),
                 Some(group) => {
                     let group = entry.shared.entry(group.into()).or_default();
                     match group.members.iter_mut().find(|(c, _, _)| *c == client_id) {
@@ -684,7 +729,9 @@ impl Broker {
                             true
                         }
                         None => {
-                            group.members.push((client_id.clone(), session.clone(), options));
+                            group
+                                .members
+                                .push((client_id.clone(), session.clone(), options));
                             false
                         }
                     }
@@ -706,14 +753,16 @@ impl Broker {
             let mut found = Vec::new();
             {
                 let retained = self.retained.read();
-                retained.for_each_topic_matched_by(parsed.filter, &mut |m: &Arc<Message>| found.push(m.clone()));
+                retained.for_each_topic_matched_by(parsed.filter, &mut |m: &Arc<Message>| {
+                    found.push(m.clone())
+                });
             }
             for message in found {
                 if message.is_expired(now) {
                     continue;
                 }
                 let delivery = Delivery {
-                    qos: options.qos.min(message.qos),
+                    qos: self.effective_qos(options.qos, message.qos),
                     message,
                     retain: true,
                     subscription_ids: options.subscription_id.into_iter().collect(),
@@ -724,7 +773,10 @@ impl Broker {
                 }
             }
         }
-        Ok(SubscribeOutcome { existed, retained_sent })
+        Ok(SubscribeOutcome {
+            existed,
+            retained_sent,
+        })
     }
 
     /// Remove a subscription. Returns false when it did not exist.
@@ -755,17 +807,23 @@ impl Broker {
 
     /// The retained message on `topic`, if any and not expired.
     pub fn retained(&self, topic: &str, now: Instant) -> Option<Arc<Message>> {
-        self.retained.read().get(topic).filter(|m| !m.is_expired(now)).cloned()
+        self.retained
+            .read()
+            .get(topic)
+            .filter(|m| !m.is_expired(now))
+            .cloned()
     }
 
     /// Retained messages matching `filter`.
     pub fn retained_matching(&self, filter: &str, now: Instant) -> Vec<Arc<Message>> {
         let mut out = Vec::new();
-        self.retained.read().for_each_topic_matched_by(filter, &mut |m: &Arc<Message>| {
-            if !m.is_expired(now) {
-                out.push(m.clone());
-            }
-        });
+        self.retained
+            .read()
+            .for_each_topic_matched_by(filter, &mut |m: &Arc<Message>| {
+                if !m.is_expired(now) {
+                    out.push(m.clone());
+                }
+            });
         out
     }
 
@@ -802,6 +860,10 @@ fn remove_from_trie(trie: &mut Trie<FilterEntry>, raw: &str, client_id: &ClientI
     });
     removed
 }
+
+/// A shared-subscription member chosen for a message: its session, its
+/// options, the group name and the plain filter.
+type SharedPick<'a> = (&'a Arc<Session>, SubOptions, Arc<str>, Arc<str>);
 
 fn hash_of(s: &str) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();

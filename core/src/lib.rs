@@ -25,6 +25,11 @@ pub mod storage;
 pub mod topic;
 pub mod trie;
 
-pub use broker::{Broker, BrokerConfig, CloseKind, OpenedSession, SessionRequest, SharedStrategy, SubscribeOutcome};
+pub use broker::{
+    Broker, BrokerConfig, CloseKind, OpenedSession, SessionRequest, SharedStrategy,
+    SubscribeOutcome,
+};
 pub use message::{ClientId, Delivery, Message, MessageProperties, QoS};
-pub use session::{ClientInfo, ConnectionSignal, KickReason, Outgoing, Resend, SessionHandle, SubOptions, Will};
+pub use session::{
+    ClientInfo, ConnectionSignal, KickReason, Outgoing, Resend, SessionHandle, SubOptions, Will,
+};

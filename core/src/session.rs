@@ -16,10 +16,11 @@
 //!        └────────────────┴────────────────────────┘ reconnect (clean_start = false)
 //! ```
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -153,6 +154,8 @@ pub struct Inflight {
     pub delivery: Delivery,
     /// Where the flow stands.
     pub phase: InflightPhase,
+    /// When it was last sent, for in-session retransmission (MQTT 3.x).
+    pub sent_at: Instant,
 }
 
 /// Bounds and policies for a session's mailbox.
@@ -192,7 +195,7 @@ pub(crate) struct SessionState {
     queue: VecDeque<Delivery>,
     inflight: VecDeque<Inflight>,
     next_packet_id: u16,
-    incoming_qos2: HashSet<u16>,
+    incoming_qos2: HashMap<u16, Instant>,
     pub(crate) owner: Option<Arc<ConnectionSignal>>,
     pub(crate) expiry_interval: u32,
     pub(crate) will: Option<Will>,
@@ -211,7 +214,12 @@ pub struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(info: ClientInfo, owner: Arc<ConnectionSignal>, expiry_interval: u32, will: Option<Will>) -> Session {
+    pub(crate) fn new(
+        info: ClientInfo,
+        owner: Arc<ConnectionSignal>,
+        expiry_interval: u32,
+        will: Option<Will>,
+    ) -> Session {
         Session {
             client_id: info.client_id.clone(),
             online: AtomicBool::new(true),
@@ -220,7 +228,7 @@ impl Session {
                 queue: VecDeque::new(),
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
-                incoming_qos2: HashSet::new(),
+                incoming_qos2: HashMap::new(),
                 owner: Some(owner),
                 expiry_interval,
                 will,
@@ -242,7 +250,12 @@ impl Session {
 
     /// Queue a delivery, applying the bound and overflow policy, and wake
     /// the owner. Returns false when the delivery was dropped.
-    pub(crate) fn deliver(&self, delivery: Delivery, limits: &QueueLimits, metrics: &Metrics) -> bool {
+    pub(crate) fn deliver(
+        &self,
+        delivery: Delivery,
+        limits: &QueueLimits,
+        metrics: &Metrics,
+    ) -> bool {
         let mut st = self.state.lock();
         if st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.store_qos0 {
             metrics.inc(&metrics.messages_dropped_offline_qos0);
@@ -309,7 +322,12 @@ impl Session {
 
     /// The subscriptions as (raw filter, options).
     pub fn subscriptions(&self) -> Vec<(Arc<str>, SubOptions)> {
-        self.state.lock().subscriptions.iter().map(|(k, v)| (k.clone(), *v)).collect()
+        self.state
+            .lock()
+            .subscriptions
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 }
 
@@ -344,7 +362,9 @@ pub enum Resend {
 
 impl SessionHandle {
     pub(crate) fn owns(&self, st: &SessionState) -> bool {
-        st.owner.as_ref().is_some_and(|o| Arc::ptr_eq(o, &self.signal))
+        st.owner
+            .as_ref()
+            .is_some_and(|o| Arc::ptr_eq(o, &self.signal))
     }
 
     /// True while this connection owns the session.
@@ -376,7 +396,9 @@ impl SessionHandle {
             if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
                 break;
             }
-            let Some(delivery) = st.queue.pop_front() else { break };
+            let Some(delivery) = st.queue.pop_front() else {
+                break;
+            };
             if delivery.message.is_expired(now) {
                 metrics.inc(&metrics.messages_dropped_expired);
                 continue;
@@ -406,6 +428,7 @@ impl SessionHandle {
                 packet_id,
                 delivery: delivery.clone(),
                 phase,
+                sent_at: now,
             });
             out.push(Outgoing {
                 packet_id: Some(packet_id),
@@ -419,7 +442,9 @@ impl SessionHandle {
     /// True when deliveries are waiting and could be sent within `window`.
     pub fn has_sendable(&self, window: usize) -> bool {
         let st = self.session.state.lock();
-        st.queue.front().is_some_and(|d| d.qos == QoS::AtMostOnce || st.inflight.len() < window)
+        st.queue
+            .front()
+            .is_some_and(|d| d.qos == QoS::AtMostOnce || st.inflight.len() < window)
     }
 
     /// PUBACK received: completes a QoS 1 flow. False if unknown.
@@ -461,7 +486,11 @@ impl SessionHandle {
         if !self.owns(&st) {
             return false;
         }
-        match st.inflight.iter().position(|i| i.packet_id == packet_id && i.phase == phase) {
+        match st
+            .inflight
+            .iter()
+            .position(|i| i.packet_id == packet_id && i.phase == phase)
+        {
             Some(pos) => {
                 st.inflight.remove(pos);
                 true
@@ -475,22 +504,61 @@ impl SessionHandle {
         self.session.inflight_len()
     }
 
-    /// Register an incoming QoS 2 packet id (PUBLISH received).
-    pub fn begin_incoming_qos2(&self, packet_id: u16, max_awaiting: usize) -> IncomingQos2 {
+    /// In-session retransmission (allowed by MQTT 3.x only): the inflight
+    /// messages sent at least `interval` ago, marked sent now, and when the
+    /// next one falls due.
+    pub fn retry_due(&self, now: Instant, interval: Duration) -> (Vec<Resend>, Option<Instant>) {
         let mut st = self.session.state.lock();
-        if st.incoming_qos2.contains(&packet_id) {
-            IncomingQos2::Duplicate
-        } else if st.incoming_qos2.len() >= max_awaiting {
+        if !self.owns(&st) {
+            return (Vec::new(), None);
+        }
+        let mut due = Vec::new();
+        let mut next: Option<Instant> = None;
+        for i in st.inflight.iter_mut() {
+            if now.saturating_duration_since(i.sent_at) >= interval {
+                i.sent_at = now;
+                due.push(resend_of(i));
+            }
+            let at = i.sent_at + interval;
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
+        (due, next)
+    }
+
+    /// Register an incoming QoS 2 packet id (PUBLISH received at `now`).
+    /// Ids that have waited longer than `await_rel_timeout` for their PUBREL
+    /// are forgotten first when the table is full.
+    pub fn begin_incoming_qos2(
+        &self,
+        packet_id: u16,
+        max_awaiting: usize,
+        now: Instant,
+        await_rel_timeout: Duration,
+    ) -> IncomingQos2 {
+        let mut st = self.session.state.lock();
+        if st.incoming_qos2.contains_key(&packet_id) {
+            return IncomingQos2::Duplicate;
+        }
+        if st.incoming_qos2.len() >= max_awaiting {
+            st.incoming_qos2
+                .retain(|_, since| now.saturating_duration_since(*since) < await_rel_timeout);
+        }
+        if st.incoming_qos2.len() >= max_awaiting {
             IncomingQos2::Full
         } else {
-            st.incoming_qos2.insert(packet_id);
+            st.incoming_qos2.insert(packet_id, now);
             IncomingQos2::New
         }
     }
 
     /// PUBREL received: forget the id. False if it was not known.
     pub fn release_incoming_qos2(&self, packet_id: u16) -> bool {
-        self.session.state.lock().incoming_qos2.remove(&packet_id)
+        self.session
+            .state
+            .lock()
+            .incoming_qos2
+            .remove(&packet_id)
+            .is_some()
     }
 
     /// Number of incoming QoS 2 ids awaiting PUBREL.
@@ -526,16 +594,23 @@ fn next_free_packet_id(st: &mut SessionState) -> Option<u16> {
 }
 
 /// Messages to resend on resume, in their original order, marked DUP.
-pub(crate) fn resend_list(st: &SessionState) -> Vec<Resend> {
+pub(crate) fn resend_list(st: &mut SessionState, now: Instant) -> Vec<Resend> {
     st.inflight
-        .iter()
-        .map(|i| match i.phase {
-            InflightPhase::AwaitingComp => Resend::PubRel(i.packet_id),
-            _ => Resend::Publish(Outgoing {
-                packet_id: Some(i.packet_id),
-                delivery: i.delivery.clone(),
-                dup: true,
-            }),
+        .iter_mut()
+        .map(|i| {
+            i.sent_at = now;
+            resend_of(i)
         })
         .collect()
+}
+
+fn resend_of(i: &Inflight) -> Resend {
+    match i.phase {
+        InflightPhase::AwaitingComp => Resend::PubRel(i.packet_id),
+        _ => Resend::Publish(Outgoing {
+            packet_id: Some(i.packet_id),
+            delivery: i.delivery.clone(),
+            dup: true,
+        }),
+    }
 }

@@ -141,8 +141,14 @@ mod tests {
     fn spec_examples_match() {
         // MQTT 3.1.1 §4.7.1.2 and §4.7.1.3.
         assert!(matches("sport/tennis/player1", "sport/tennis/player1/#"));
-        assert!(matches("sport/tennis/player1/ranking", "sport/tennis/player1/#"));
-        assert!(matches("sport/tennis/player1/score/wimbledon", "sport/tennis/player1/#"));
+        assert!(matches(
+            "sport/tennis/player1/ranking",
+            "sport/tennis/player1/#"
+        ));
+        assert!(matches(
+            "sport/tennis/player1/score/wimbledon",
+            "sport/tennis/player1/#"
+        ));
         assert!(matches("sport", "sport/#"));
         assert!(matches("sport/tennis/player1", "sport/tennis/+"));
         assert!(!matches("sport/tennis/player1/ranking", "sport/tennis/+"));
@@ -163,13 +169,31 @@ mod tests {
         assert!(validate_topic_filter("sport/tennis/#", 128).is_ok());
         assert!(validate_topic_filter("#", 128).is_ok());
         assert!(validate_topic_filter("+/tennis/#", 128).is_ok());
-        assert_eq!(validate_topic_filter("sport/tennis#", 128), Err(TopicError::BadWildcard));
-        assert_eq!(validate_topic_filter("sport/tennis/#/ranking", 128), Err(TopicError::BadWildcard));
-        assert_eq!(validate_topic_filter("sport+", 128), Err(TopicError::BadWildcard));
+        assert_eq!(
+            validate_topic_filter("sport/tennis#", 128),
+            Err(TopicError::BadWildcard)
+        );
+        assert_eq!(
+            validate_topic_filter("sport/tennis/#/ranking", 128),
+            Err(TopicError::BadWildcard)
+        );
+        assert_eq!(
+            validate_topic_filter("sport+", 128),
+            Err(TopicError::BadWildcard)
+        );
         assert_eq!(validate_topic_filter("", 128), Err(TopicError::Empty));
-        assert_eq!(validate_topic_filter("a/b/c", 2), Err(TopicError::TooManyLevels(2)));
-        assert_eq!(validate_topic_name("a/+", 128), Err(TopicError::WildcardInName));
-        assert_eq!(validate_topic_name("a\0b", 128), Err(TopicError::NullCharacter));
+        assert_eq!(
+            validate_topic_filter("a/b/c", 2),
+            Err(TopicError::TooManyLevels(2))
+        );
+        assert_eq!(
+            validate_topic_name("a/+", 128),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            validate_topic_name("a\0b", 128),
+            Err(TopicError::NullCharacter)
+        );
     }
 
     #[test]

@@ -101,7 +101,12 @@ impl<V> Trie<V> {
     /// is left empty the path is pruned. Returns false when the path does
     /// not exist.
     pub fn update(&mut self, key: &str, f: impl FnOnce(&mut Option<V>)) -> bool {
-        fn go<V>(node: &mut Node<V>, mut levels: std::str::Split<'_, char>, f: impl FnOnce(&mut Option<V>), len: &mut usize) -> bool {
+        fn go<V>(
+            node: &mut Node<V>,
+            mut levels: std::str::Split<'_, char>,
+            f: impl FnOnce(&mut Option<V>),
+            len: &mut usize,
+        ) -> bool {
             match levels.next() {
                 None => {
                     let had = node.value.is_some();
@@ -183,7 +188,12 @@ fn walk_filters<'a, V>(
     }
 }
 
-fn walk_topics<'a, V>(node: &'a Node<V>, mut levels: std::str::Split<'_, char>, first: bool, f: &mut impl FnMut(&'a V)) {
+fn walk_topics<'a, V>(
+    node: &'a Node<V>,
+    mut levels: std::str::Split<'_, char>,
+    first: bool,
+    f: &mut impl FnMut(&'a V),
+) {
     match levels.next() {
         None => {
             if let Some(v) = &node.value {
@@ -270,7 +280,10 @@ mod tests {
         for f in ["#", "+/x", "$SYS/#", "$SYS/+"] {
             filters.insert(f, f.to_string());
         }
-        assert_eq!(filters_matching(&filters, "$SYS/x"), vec!["$SYS/#", "$SYS/+"]);
+        assert_eq!(
+            filters_matching(&filters, "$SYS/x"),
+            vec!["$SYS/#", "$SYS/+"]
+        );
         let mut topics = Trie::new();
         for t in ["$SYS/x", "a/x", "a"] {
             topics.insert(t, t.to_string());
@@ -282,7 +295,12 @@ mod tests {
     }
 
     fn level() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("".to_string()), Just("$s".to_string())]
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("".to_string()),
+            Just("$s".to_string())
+        ]
     }
 
     fn topic() -> impl Strategy<Value = String> {

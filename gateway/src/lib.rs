@@ -58,7 +58,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
             broker: broker.clone(),
             channel: channel.clone(),
             shutdown: shutdown_rx.clone(),
-            slots: Arc::new(Semaphore::new((l.max_connections as usize).min(global_slots))),
+            slots: Arc::new(Semaphore::new(
+                (l.max_connections as usize).min(global_slots),
+            )),
             nodelay: l.tcp_nodelay,
         };
         tasks.spawn(mqtt_tcp::accept_loop(listener, ctx, format!("tcp:{name}")));
@@ -96,7 +98,13 @@ impl Gateway {
         self.broker.kick_all(KickReason::ServerShutdown);
         let drain = async {
             while self.tasks.join_next().await.is_some() {}
-            while self.broker.metrics().connections.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            while self
+                .broker
+                .metrics()
+                .connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -107,7 +115,10 @@ impl Gateway {
 }
 
 /// Run until `signal` resolves, then shut down gracefully.
-pub async fn run(config: &Config, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    config: &Config,
+    signal: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let gateway = start(config).await?;
     signal.await;
     info!("shutting down");

@@ -28,8 +28,11 @@ enum Command {
 fn load_config(path: Option<&PathBuf>) -> Result<Config, String> {
     let env = std::env::vars();
     match path {
-        Some(p) => Config::load(p).map_err(|e| format!("invalid configuration {}:\n{e}", p.display())),
-        None => Config::from_toml_str_with_env("", env).map_err(|e| format!("invalid configuration (environment):\n{e}")),
+        Some(p) => {
+            Config::load(p).map_err(|e| format!("invalid configuration {}:\n{e}", p.display()))
+        }
+        None => Config::from_toml_str_with_env("", env)
+            .map_err(|e| format!("invalid configuration (environment):\n{e}")),
     }
 }
 
@@ -51,7 +54,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&config.log.level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tributary: cannot start the runtime: {e}");
@@ -71,7 +77,10 @@ fn init_tracing(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 async fn shutdown_signal() {

@@ -92,6 +92,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext) {
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut signal = None;
+    let mut peer_closed = false;
     loop {
         if channel.has_output() && flush(&mut channel, &mut wbuf, &mut writer).await.is_err() {
             break;
@@ -109,7 +110,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext) {
         }
         tokio::select! {
             read = reader.read_buf(&mut rbuf) => match read {
-                Ok(0) | Err(_) => break,
+                Ok(0) | Err(_) => {
+                    peer_closed = true;
+                    break;
+                }
                 Ok(_) => decode_all(&mut channel, &mut rbuf),
             },
             _ = async { match wake { Some(s) => s.notified().await, None => std::future::pending().await } } => {
@@ -127,9 +131,31 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext) {
     if channel.has_output() {
         let _ = flush(&mut channel, &mut wbuf, &mut writer).await;
     }
-    let _ = writer.shutdown().await;
     channel.finish(now());
+    let _ = writer.shutdown().await;
+    if !peer_closed {
+        linger(&mut reader).await;
+    }
     metrics.dec(&metrics.connections);
+}
+
+/// How long a connection the server closed keeps reading (and discarding)
+/// so the peer sees our last packets rather than a reset.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// After our FIN, read and discard until the peer closes or [`LINGER`]
+/// passes. Closing a socket with unread input makes the kernel send RST,
+/// which can destroy a DISCONNECT or CONNACK still in flight.
+async fn linger(reader: &mut tokio::net::tcp::OwnedReadHalf) {
+    let mut scratch = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = reader.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 fn decode_all(channel: &mut Channel, rbuf: &mut BytesMut) {
@@ -148,7 +174,11 @@ fn decode_all(channel: &mut Channel, rbuf: &mut BytesMut) {
     }
 }
 
-async fn flush(channel: &mut Channel, wbuf: &mut BytesMut, writer: &mut tokio::net::tcp::OwnedWriteHalf) -> std::io::Result<()> {
+async fn flush(
+    channel: &mut Channel,
+    wbuf: &mut BytesMut,
+    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+) -> std::io::Result<()> {
     let version = channel.version();
     for packet in channel.take_output() {
         if let Err(e) = encode(&packet, version, wbuf) {

@@ -4,8 +4,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use tributary_config::{AclAction, Config, MqueueOverflow, Permission, SharedStrategy};
-use tributary_core::auth::{AclRule, AllowAll, Permission as CorePermission, RuleAction, RuleAuthorizer, Who};
+use tributary_config::{
+    AclAction, Config, MqueueOverflow, Permission, SharedStrategy, SubscribeDeniedReason,
+};
+use tributary_core::auth::{
+    AclRule, AllowAll, Permission as CorePermission, RuleAction, RuleAuthorizer, Who,
+};
 use tributary_core::cluster::SingleNode;
 use tributary_core::session::{Overflow, QueueLimits};
 use tributary_core::storage::MemoryPersistence;
@@ -42,6 +46,7 @@ pub fn broker(config: &Config) -> Broker {
         max_retained: config.retainer.max_retained_messages as usize,
         max_retained_payload: config.retainer.max_payload_size as usize,
         max_session_expiry: secs_u32(m.max_session_expiry),
+        upgrade_qos: m.upgrade_qos,
     };
     Broker::with_seams(
         broker_config,
@@ -120,6 +125,7 @@ pub fn mqtt_channel(config: &Config) -> Arc<ChannelConfig> {
         max_inflight: m.max_inflight,
         topic_alias_maximum: m.max_topic_alias,
         server_keep_alive: m.server_keep_alive,
+        max_keep_alive: m.max_keep_alive,
         keepalive_multiplier: m.keepalive_multiplier,
         max_qos: match m.max_qos_allowed {
             0 => QoS::AtMostOnce,
@@ -133,6 +139,13 @@ pub fn mqtt_channel(config: &Config) -> Arc<ChannelConfig> {
         max_awaiting_rel: m.max_awaiting_rel as usize,
         connect_timeout: m.connect_timeout,
         v3_session_expiry: secs_u32(m.max_session_expiry),
-        disconnect_on_denied_publish: config.authorization.deny_action == tributary_config::DenyAction::Disconnect,
+        disconnect_on_denied_publish: config.authorization.deny_action
+            == tributary_config::DenyAction::Disconnect,
+        subscribe_denied_reason: match config.authorization.subscribe_denied_reason {
+            SubscribeDeniedReason::NotAuthorized => 0x87,
+            SubscribeDeniedReason::Unspecified => 0x80,
+        },
+        retry_interval: m.retry_interval,
+        await_rel_timeout: m.await_rel_timeout,
     })
 }

@@ -27,14 +27,14 @@ use tracing::{debug, info};
 use tributary_core::auth::{Action, AuthOutcome};
 use tributary_core::session::IncomingQos2;
 use tributary_core::{
-    Broker, ClientInfo, CloseKind, ConnectionSignal, Delivery, KickReason, Message, MessageProperties, Outgoing, Resend,
-    SessionHandle, SessionRequest, SubOptions, Will,
+    Broker, ClientInfo, CloseKind, ConnectionSignal, Delivery, KickReason, Message,
+    MessageProperties, Outgoing, Resend, SessionHandle, SessionRequest, SubOptions, Will,
 };
 
 use crate::codec::{encoded_len, DecodeError};
 use crate::packet::{
-    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe,
-    UnsubAck, Unsubscribe,
+    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS,
+    SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::reason::{self as rc, connack_v3};
 
@@ -51,6 +51,9 @@ pub struct ChannelConfig {
     pub topic_alias_maximum: u16,
     /// Overrides the client's keep alive when set (MQTT 5 Server Keep Alive).
     pub server_keep_alive: Option<u16>,
+    /// Caps an MQTT 5 client's keep alive (a longer or zero one is replaced
+    /// by this, announced as Server Keep Alive).
+    pub max_keep_alive: Option<u16>,
     /// Keep alive is enforced at this multiple of the interval.
     pub keepalive_multiplier: f64,
     /// Highest QoS accepted.
@@ -72,6 +75,13 @@ pub struct ChannelConfig {
     /// Close the connection (instead of silently dropping) on a denied
     /// publish from a 3.x client.
     pub disconnect_on_denied_publish: bool,
+    /// SUBACK reason for a denied MQTT 5 subscription (0x87 or 0x80).
+    pub subscribe_denied_reason: u8,
+    /// In-session retransmission interval for MQTT 3.x (MQTT 5 resends only
+    /// on reconnect [MQTT-4.4.0-1]).
+    pub retry_interval: Duration,
+    /// How long an incoming QoS 2 id may wait for PUBREL before it can be forgotten.
+    pub await_rel_timeout: Duration,
 }
 
 impl Default for ChannelConfig {
@@ -82,6 +92,7 @@ impl Default for ChannelConfig {
             max_inflight: 32,
             topic_alias_maximum: 65535,
             server_keep_alive: None,
+            max_keep_alive: None,
             keepalive_multiplier: 1.5,
             max_qos: QoS::ExactlyOnce,
             retain_available: true,
@@ -92,6 +103,9 @@ impl Default for ChannelConfig {
             connect_timeout: Duration::from_secs(10),
             v3_session_expiry: 7200,
             disconnect_on_denied_publish: false,
+            subscribe_denied_reason: rc::NOT_AUTHORIZED,
+            retry_interval: Duration::from_secs(30),
+            await_rel_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -137,6 +151,10 @@ pub struct Channel {
     output: Vec<Packet>,
     /// Deadline for the next packet from the client (connect timeout, then keep alive).
     deadline: Option<Instant>,
+    /// When unacknowledged messages are next due for retransmission (3.x only).
+    retry_at: Option<Instant>,
+    /// The client's Maximum Packet Size (MQTT 5), `u32::MAX` when unset.
+    peer_max_packet_size: u32,
     /// How the session ends when the connection closes.
     close_kind: CloseKind,
 }
@@ -153,7 +171,12 @@ impl std::fmt::Debug for Channel {
 
 impl Channel {
     /// A channel for a new connection accepted at `now`.
-    pub fn new(broker: Arc<Broker>, config: Arc<ChannelConfig>, peer: Option<SocketAddr>, now: Instant) -> Channel {
+    pub fn new(
+        broker: Arc<Broker>,
+        config: Arc<ChannelConfig>,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Channel {
         let deadline = Some(now + config.connect_timeout);
         Channel {
             broker,
@@ -164,6 +187,8 @@ impl Channel {
             handle: None,
             output: Vec::new(),
             deadline,
+            retry_at: None,
+            peer_max_packet_size: u32::MAX,
             close_kind: CloseKind::Abnormal,
         }
     }
@@ -199,15 +224,30 @@ impl Channel {
     /// When the driver must call [`Channel::handle_timeout`].
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.is_closed() {
-            None
-        } else {
-            self.deadline
+            return None;
+        }
+        match (self.deadline, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
-    /// Packets to write, in order.
+    /// Packets to write, in order. Reason strings and user properties are
+    /// left out of any non-PUBLISH packet they would push past the client's
+    /// Maximum Packet Size [MQTT-3.1.2-25] (e.g. [MQTT-3.14.2-3], [MQTT-3.4.2-2]).
     pub fn take_output(&mut self) -> Vec<Packet> {
-        std::mem::take(&mut self.output)
+        let mut out = std::mem::take(&mut self.output);
+        if self.peer_max_packet_size != u32::MAX {
+            let max = self.peer_max_packet_size as usize;
+            for packet in &mut out {
+                if !matches!(packet, Packet::Publish(_))
+                    && encoded_len(packet, self.version).is_ok_and(|n| n > max)
+                {
+                    strip_diagnostics(packet);
+                }
+            }
+        }
+        out
     }
 
     /// True when packets are waiting to be written.
@@ -221,10 +261,13 @@ impl Channel {
             return;
         }
         if let State::Connected(c) = &self.state {
-            self.deadline = keep_alive_deadline(c.keep_alive, self.config.keepalive_multiplier, now);
+            self.deadline =
+                keep_alive_deadline(c.keep_alive, self.config.keepalive_multiplier, now);
         }
         match (&self.state, packet) {
-            (State::AwaitingConnect, Packet::Connect(connect)) => self.handle_connect(*connect, now),
+            (State::AwaitingConnect, Packet::Connect(connect)) => {
+                self.handle_connect(*connect, now)
+            }
             (State::AwaitingConnect, _) => {
                 // [MQTT-3.1.0-1]: the first packet must be CONNECT.
                 debug!("first packet is not CONNECT [MQTT-3.1.0-1]");
@@ -242,9 +285,17 @@ impl Channel {
             }
             (State::Connected(_), Packet::PubRec(rec)) => self.handle_pubrec(rec, now),
             (State::Connected(_), Packet::PubRel(rel)) => {
-                let known = self.handle.as_ref().is_some_and(|h| h.release_incoming_qos2(rel.packet_id));
-                let reason = if known { rc::SUCCESS } else { rc::PACKET_IDENTIFIER_NOT_FOUND };
-                self.output.push(Packet::PubComp(ack(rel.packet_id, reason)));
+                let known = self
+                    .handle
+                    .as_ref()
+                    .is_some_and(|h| h.release_incoming_qos2(rel.packet_id));
+                let reason = if known {
+                    rc::SUCCESS
+                } else {
+                    rc::PACKET_IDENTIFIER_NOT_FOUND
+                };
+                self.output
+                    .push(Packet::PubComp(ack(rel.packet_id, reason)));
             }
             (State::Connected(_), Packet::PubComp(comp)) => {
                 if let Some(h) = &self.handle {
@@ -270,14 +321,23 @@ impl Channel {
 
     /// The decoder failed: answer per the spec and close.
     pub fn handle_decode_error(&mut self, error: &DecodeError, _now: Instant) {
-        self.broker.metrics().inc(&self.broker.metrics().packets_malformed);
+        self.broker
+            .metrics()
+            .inc(&self.broker.metrics().packets_malformed);
         match (&self.state, error) {
             (State::AwaitingConnect, DecodeError::UnsupportedProtocol { level }) => {
                 debug!(level, "unsupported protocol level");
                 let v5 = *level == 5;
+                if v5 {
+                    self.version = ProtocolVersion::V5;
+                }
                 self.output.push(Packet::ConnAck(ConnAck {
                     session_present: false,
-                    code: if v5 { rc::UNSUPPORTED_PROTOCOL_VERSION } else { rc::V3_UNACCEPTABLE_PROTOCOL_VERSION },
+                    code: if v5 {
+                        rc::UNSUPPORTED_PROTOCOL_VERSION
+                    } else {
+                        rc::V3_UNACCEPTABLE_PROTOCOL_VERSION
+                    },
                     properties: Properties::default(),
                 }));
                 self.close_now();
@@ -297,9 +357,15 @@ impl Channel {
         }
     }
 
-    /// The connection's keep-alive or connect deadline may have passed.
+    /// The connection's keep-alive, connect or retransmission deadline may
+    /// have passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let Some(deadline) = self.deadline else { return };
+        if self.retry_at.is_some_and(|at| at <= now) {
+            self.retransmit(now);
+        }
+        let Some(deadline) = self.deadline else {
+            return;
+        };
         if now < deadline || self.is_closed() {
             return;
         }
@@ -332,7 +398,12 @@ impl Channel {
             // The session now belongs to the new connection; nothing to close.
             KickReason::Takeover => (rc::SESSION_TAKEN_OVER, None),
             KickReason::Administrative => (rc::ADMINISTRATIVE_ACTION, Some(CloseKind::Abnormal)),
-            KickReason::ServerShutdown => (rc::SERVER_SHUTTING_DOWN, Some(CloseKind::Normal { publish_will: false })),
+            KickReason::ServerShutdown => (
+                rc::SERVER_SHUTTING_DOWN,
+                Some(CloseKind::Normal {
+                    publish_will: false,
+                }),
+            ),
         };
         info!(client_id = ?self.client_id(), ?reason, "disconnecting client");
         if self.version.is_v5() {
@@ -379,7 +450,8 @@ impl Channel {
                 reason_string: Some(why.to_string()),
                 ..Properties::default()
             };
-            self.output.push(Packet::Disconnect(Disconnect { reason, properties }));
+            self.output
+                .push(Packet::Disconnect(Disconnect { reason, properties }));
         }
         self.close_kind = CloseKind::Abnormal;
         self.state = State::Closed;
@@ -389,8 +461,15 @@ impl Channel {
 // CONNECT (§3.1).
 impl Channel {
     fn refuse_connect(&mut self, reason: u8, why: &'static str) {
-        debug!(reason = format_args!("{reason:#04x}"), why, "CONNECT refused");
-        let code = if self.version.is_v5() { reason } else { connack_v3(reason) };
+        debug!(
+            reason = format_args!("{reason:#04x}"),
+            why, "CONNECT refused"
+        );
+        let code = if self.version.is_v5() {
+            reason
+        } else {
+            connack_v3(reason)
+        };
         let mut properties = Properties::default();
         if self.version.is_v5() {
             properties.reason_string = Some(why.to_string());
@@ -408,15 +487,24 @@ impl Channel {
         let v5 = self.version.is_v5();
         let cfg = self.config.clone();
         let props = &connect.properties;
+        if v5 {
+            self.peer_max_packet_size = props.maximum_packet_size.unwrap_or(u32::MAX);
+        }
 
         if props.authentication_method.is_some() {
-            return self.refuse_connect(rc::BAD_AUTHENTICATION_METHOD, "no enhanced authentication method is configured");
+            return self.refuse_connect(
+                rc::BAD_AUTHENTICATION_METHOD,
+                "no enhanced authentication method is configured",
+            );
         }
         // Client identifier rules: [MQTT-3.1.3-7], [MQTT-3.1.3-8]; 3.1 limits it to 23 bytes.
         let mut assigned = None;
         let client_id: Arc<str> = if connect.client_id.is_empty() {
             if !v5 && (!connect.clean_start || self.version == ProtocolVersion::V3_1) {
-                return self.refuse_connect(rc::CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session");
+                return self.refuse_connect(
+                    rc::CLIENT_IDENTIFIER_NOT_VALID,
+                    "empty client id needs clean session",
+                );
             }
             let id = generated_client_id();
             if v5 {
@@ -435,7 +523,12 @@ impl Channel {
         // The will (§3.1.2.5): its topic must be a valid name.
         let mut will = None;
         if let Some(w) = &connect.will {
-            if tributary_core::topic::validate_topic_name(&w.topic, self.broker.config().max_topic_levels).is_err() {
+            if tributary_core::topic::validate_topic_name(
+                &w.topic,
+                self.broker.config().max_topic_levels,
+            )
+            .is_err()
+            {
                 return self.refuse_connect(rc::TOPIC_NAME_INVALID, "invalid will topic");
             }
             if w.qos > cfg.max_qos {
@@ -444,7 +537,12 @@ impl Channel {
             if w.retain && !cfg.retain_available {
                 return self.refuse_connect(rc::RETAIN_NOT_SUPPORTED, "will retain not supported");
             }
-            let mut message = Message::new(w.topic.as_str(), w.payload.clone(), core_qos(w.qos), w.retain);
+            let mut message = Message::new(
+                w.topic.as_str(),
+                w.payload.clone(),
+                core_qos(w.qos),
+                w.retain,
+            );
             message.publisher = Some(client_id.clone());
             message.properties = message_properties(&w.properties);
             will = Some(Will {
@@ -460,13 +558,25 @@ impl Channel {
             peer: self.peer,
             protocol: "mqtt",
         };
-        match self.broker.authenticator().authenticate(&client, connect.password.as_deref()) {
+        match self
+            .broker
+            .authenticator()
+            .authenticate(&client, connect.password.as_deref())
+        {
             AuthOutcome::Allow => {}
-            AuthOutcome::BadCredentials => return self.refuse_connect(rc::BAD_USERNAME_OR_PASSWORD, "bad user name or password"),
-            AuthOutcome::NotAuthorized => return self.refuse_connect(rc::NOT_AUTHORIZED, "not authorized"),
+            AuthOutcome::BadCredentials => {
+                return self
+                    .refuse_connect(rc::BAD_USERNAME_OR_PASSWORD, "bad user name or password")
+            }
+            AuthOutcome::NotAuthorized => {
+                return self.refuse_connect(rc::NOT_AUTHORIZED, "not authorized")
+            }
         }
         if let Some(w) = &will {
-            if !self.broker.authorize(&client, Action::Publish, &w.message.topic) {
+            if !self
+                .broker
+                .authorize(&client, Action::Publish, &w.message.topic)
+            {
                 return self.refuse_connect(rc::NOT_AUTHORIZED, "will topic not authorized");
             }
         }
@@ -480,7 +590,11 @@ impl Channel {
         };
         let max_expiry = self.broker.config().max_session_expiry;
         let expiry = requested_expiry.min(max_expiry);
-        let keep_alive = cfg.server_keep_alive.filter(|_| v5).unwrap_or(connect.keep_alive);
+        let keep_alive = match (v5, cfg.server_keep_alive, cfg.max_keep_alive) {
+            (true, Some(imposed), _) => imposed,
+            (true, None, Some(max)) if connect.keep_alive == 0 || connect.keep_alive > max => max,
+            _ => connect.keep_alive,
+        };
 
         let opened = self.broker.open_session(
             SessionRequest {
@@ -515,7 +629,7 @@ impl Channel {
             if expiry != requested_expiry {
                 properties.session_expiry_interval = Some(expiry);
             }
-            if cfg.server_keep_alive.is_some() {
+            if keep_alive != connect.keep_alive || cfg.server_keep_alive.is_some() {
                 properties.server_keep_alive = Some(keep_alive);
             }
         }
@@ -532,7 +646,11 @@ impl Channel {
             keep_alive,
             client_receive_maximum: props.receive_maximum.unwrap_or(65535),
             client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
-            client_topic_alias_max: if v5 { props.topic_alias_maximum.unwrap_or(0) } else { 0 },
+            client_topic_alias_max: if v5 {
+                props.topic_alias_maximum.unwrap_or(0)
+            } else {
+                0
+            },
             inbound_aliases: HashMap::new(),
             outbound_aliases: HashMap::new(),
             problem_information: props.request_problem_information.unwrap_or(1) == 1,
@@ -559,18 +677,32 @@ impl Channel {
     fn handle_publish(&mut self, publish: Publish, now: Instant) {
         let v5 = self.version.is_v5();
         let max_levels = self.broker.config().max_topic_levels;
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return self.violation(
+                rc::PROTOCOL_ERROR,
+                "subscription identifier on a client PUBLISH [MQTT-3.3.4-6]",
+            );
+        }
         if publish.qos > self.config.max_qos {
             return self.violation(rc::QOS_NOT_SUPPORTED, "QoS not supported [MQTT-3.2.2-11]");
         }
         if publish.retain && !self.config.retain_available {
-            return self.violation(rc::RETAIN_NOT_SUPPORTED, "retain not supported [MQTT-3.2.2-14]");
+            return self.violation(
+                rc::RETAIN_NOT_SUPPORTED,
+                "retain not supported [MQTT-3.2.2-14]",
+            );
         }
         let alias_max = self.config.topic_alias_maximum;
-        let State::Connected(conn) = &mut self.state else { return };
+        let State::Connected(conn) = &mut self.state else {
+            return;
+        };
         // Topic alias, client→server (§3.3.2.3.4).
         let topic: Arc<str> = match publish.properties.topic_alias {
             Some(alias) if alias == 0 || alias > alias_max => {
-                return self.violation(rc::TOPIC_ALIAS_INVALID, "topic alias out of range [MQTT-3.3.2-9]");
+                return self.violation(
+                    rc::TOPIC_ALIAS_INVALID,
+                    "topic alias out of range [MQTT-3.3.2-9]",
+                );
             }
             Some(alias) if publish.topic.is_empty() => match conn.inbound_aliases.get(&alias) {
                 Some(t) => t.clone(),
@@ -586,7 +718,9 @@ impl Channel {
         if tributary_core::topic::validate_topic_name(&topic, max_levels).is_err() {
             return self.violation(rc::TOPIC_NAME_INVALID, "invalid topic name [MQTT-3.3.2-2]");
         }
-        let Some(handle) = self.handle.clone() else { return };
+        let Some(handle) = self.handle.clone() else {
+            return;
+        };
         let problem_information = conn.problem_information;
         let client = conn.client.clone();
 
@@ -598,7 +732,12 @@ impl Channel {
             }
         }
 
-        let mut message = Message::new(topic, publish.payload, core_qos(publish.qos), publish.retain);
+        let mut message = Message::new(
+            topic,
+            publish.payload,
+            core_qos(publish.qos),
+            publish.retain,
+        );
         message.publisher = Some(client.client_id.clone());
         message.properties = message_properties(&publish.properties);
         let message = message.with_expiry_interval(publish.properties.message_expiry_interval, now);
@@ -617,11 +756,16 @@ impl Channel {
                 } else {
                     rc::SUCCESS
                 };
-                self.output.push(Packet::PubAck(ack_with(id, reason, problem_information)));
+                self.output
+                    .push(Packet::PubAck(ack_with(id, reason, problem_information)));
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 if !allowed {
-                    self.output.push(Packet::PubRec(ack_with(id, rc::NOT_AUTHORIZED, problem_information)));
+                    self.output.push(Packet::PubRec(ack_with(
+                        id,
+                        rc::NOT_AUTHORIZED,
+                        problem_information,
+                    )));
                     return;
                 }
                 let limit = if v5 {
@@ -629,24 +773,52 @@ impl Channel {
                 } else {
                     self.config.max_awaiting_rel
                 };
-                match handle.begin_incoming_qos2(id, limit) {
+                match handle.begin_incoming_qos2(id, limit, now, self.config.await_rel_timeout) {
                     IncomingQos2::New => {
                         let reason = if self.broker.publish(message, now) == 0 {
                             rc::NO_MATCHING_SUBSCRIBERS
                         } else {
                             rc::SUCCESS
                         };
-                        self.output.push(Packet::PubRec(ack_with(id, reason, problem_information)));
+                        self.output
+                            .push(Packet::PubRec(ack_with(id, reason, problem_information)));
                     }
                     // A resent PUBLISH: acknowledge again, never route twice [MQTT-4.3.3-10].
-                    IncomingQos2::Duplicate => self.output.push(Packet::PubRec(ack(id, rc::SUCCESS))),
-                    IncomingQos2::Full if v5 => {
-                        self.violation(rc::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded [MQTT-3.3.4-9]")
+                    IncomingQos2::Duplicate => {
+                        self.output.push(Packet::PubRec(ack(id, rc::SUCCESS)))
                     }
-                    IncomingQos2::Full => self.violation(rc::QUOTA_EXCEEDED, "too many QoS 2 messages awaiting PUBREL"),
+                    IncomingQos2::Full if v5 => self.violation(
+                        rc::RECEIVE_MAXIMUM_EXCEEDED,
+                        "receive maximum exceeded [MQTT-3.3.4-9]",
+                    ),
+                    IncomingQos2::Full => self.violation(
+                        rc::QUOTA_EXCEEDED,
+                        "too many QoS 2 messages awaiting PUBREL",
+                    ),
                 }
             }
             (_, None) => self.violation(rc::PROTOCOL_ERROR, "QoS > 0 without packet id"),
+        }
+    }
+
+    /// MQTT 3.x: resend what has waited `retry_interval` for its
+    /// acknowledgement, with DUP set.
+    fn retransmit(&mut self, now: Instant) {
+        let Some(handle) = self.handle.clone() else {
+            self.retry_at = None;
+            return;
+        };
+        let (due, next) = handle.retry_due(now, self.config.retry_interval);
+        self.retry_at = next;
+        for resend in due {
+            match resend {
+                Resend::Publish(out) => {
+                    if let Some(p) = self.build_publish(&out, now) {
+                        self.output.push(Packet::Publish(p));
+                    }
+                }
+                Resend::PubRel(id) => self.output.push(Packet::PubRel(ack(id, rc::SUCCESS))),
+            }
         }
     }
 
@@ -654,7 +826,11 @@ impl Channel {
         let Some(handle) = &self.handle else { return };
         let known = handle.received(rec.packet_id, rec.reason < 0x80);
         if rec.reason < 0x80 {
-            let reason = if known { rc::SUCCESS } else { rc::PACKET_IDENTIFIER_NOT_FOUND };
+            let reason = if known {
+                rc::SUCCESS
+            } else {
+                rc::PACKET_IDENTIFIER_NOT_FOUND
+            };
             self.output.push(Packet::PubRel(ack(rec.packet_id, reason)));
         }
         self.poll_deliveries(now);
@@ -663,15 +839,26 @@ impl Channel {
     /// Turn pending deliveries into PUBLISH packets within the client's
     /// receive window and maximum packet size.
     pub fn poll_deliveries(&mut self, now: Instant) {
-        let Some(handle) = self.handle.clone() else { return };
-        let State::Connected(conn) = &self.state else { return };
+        let Some(handle) = self.handle.clone() else {
+            return;
+        };
+        let State::Connected(conn) = &self.state else {
+            return;
+        };
         let window = usize::from(conn.client_receive_maximum.min(self.config.max_inflight));
         let max_size = conn.client_max_packet_size as usize;
         let version = self.version;
         let outgoing = handle.take_for_send(now, SEND_BATCH, window, self.broker.metrics(), |d| {
             max_size == usize::MAX || publish_size(d, version, now) <= max_size
         });
+        if outgoing.len() == SEND_BATCH && handle.has_sendable(window) {
+            // More is waiting: come back after the socket has had its turn.
+            handle.signal.wake();
+        }
         for out in outgoing {
+            if out.packet_id.is_some() && !version.is_v5() && self.retry_at.is_none() {
+                self.retry_at = Some(now + self.config.retry_interval);
+            }
             if let Some(p) = self.build_publish(&out, now) {
                 self.output.push(Packet::Publish(p));
             }
@@ -679,7 +866,9 @@ impl Channel {
     }
 
     fn build_publish(&mut self, out: &Outgoing, now: Instant) -> Option<Publish> {
-        let State::Connected(conn) = &mut self.state else { return None };
+        let State::Connected(conn) = &mut self.state else {
+            return None;
+        };
         let d = &out.delivery;
         let mut properties = publish_properties(d, now);
         let mut topic = d.message.topic.to_string();
@@ -700,7 +889,9 @@ impl Channel {
                 }
             }
         }
-        self.broker.metrics().inc(&self.broker.metrics().messages_sent);
+        self.broker
+            .metrics()
+            .inc(&self.broker.metrics().messages_sent);
         Some(Publish {
             dup: out.dup,
             qos: mqtt_qos(d.qos),
@@ -717,17 +908,29 @@ impl Channel {
 impl Channel {
     fn handle_subscribe(&mut self, subscribe: Subscribe, now: Instant) {
         let v5 = self.version.is_v5();
-        let Some(handle) = self.handle.clone() else { return };
-        let State::Connected(conn) = &self.state else { return };
+        let Some(handle) = self.handle.clone() else {
+            return;
+        };
+        let State::Connected(conn) = &self.state else {
+            return;
+        };
         let client = conn.client.clone();
         let max_levels = self.broker.config().max_topic_levels;
-        let subscription_id = subscribe.properties.subscription_identifiers.first().copied();
+        let subscription_id = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         for (raw, opts) in &subscribe.filters {
             let parsed = match tributary_core::topic::parse_filter(raw, max_levels) {
                 Ok(p) => p,
                 Err(_) => {
-                    reasons.push(if v5 { rc::TOPIC_FILTER_INVALID } else { rc::UNSPECIFIED_ERROR });
+                    reasons.push(if v5 {
+                        rc::TOPIC_FILTER_INVALID
+                    } else {
+                        rc::UNSPECIFIED_ERROR
+                    });
                     continue;
                 }
             };
@@ -736,15 +939,32 @@ impl Channel {
                 return self.violation(rc::PROTOCOL_ERROR, "no local on a shared subscription");
             }
             if parsed.share_group.is_some() && !self.config.shared_subscription {
-                reasons.push(if v5 { rc::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED } else { rc::UNSPECIFIED_ERROR });
+                reasons.push(if v5 {
+                    rc::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+                } else {
+                    rc::UNSPECIFIED_ERROR
+                });
                 continue;
             }
-            if tributary_core::topic::has_wildcard(parsed.filter) && !self.config.wildcard_subscription {
-                reasons.push(if v5 { rc::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED } else { rc::UNSPECIFIED_ERROR });
+            if tributary_core::topic::has_wildcard(parsed.filter)
+                && !self.config.wildcard_subscription
+            {
+                reasons.push(if v5 {
+                    rc::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+                } else {
+                    rc::UNSPECIFIED_ERROR
+                });
                 continue;
             }
-            if !self.broker.authorize(&client, Action::Subscribe, parsed.filter) {
-                reasons.push(if v5 { rc::NOT_AUTHORIZED } else { rc::UNSPECIFIED_ERROR });
+            if !self
+                .broker
+                .authorize(&client, Action::Subscribe, parsed.filter)
+            {
+                reasons.push(if v5 {
+                    self.config.subscribe_denied_reason
+                } else {
+                    rc::UNSPECIFIED_ERROR
+                });
                 continue;
             }
             let granted = opts.qos.min(self.config.max_qos);
@@ -757,7 +977,11 @@ impl Channel {
             };
             match self.broker.subscribe(&handle, raw, options, now) {
                 Ok(_) => reasons.push(granted as u8),
-                Err(_) => reasons.push(if v5 { rc::TOPIC_FILTER_INVALID } else { rc::UNSPECIFIED_ERROR }),
+                Err(_) => reasons.push(if v5 {
+                    rc::TOPIC_FILTER_INVALID
+                } else {
+                    rc::UNSPECIFIED_ERROR
+                }),
             }
         }
         // SUBACK goes out before any retained message it triggered [MQTT-3.8.4-1].
@@ -770,7 +994,9 @@ impl Channel {
     }
 
     fn handle_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
-        let Some(handle) = self.handle.clone() else { return };
+        let Some(handle) = self.handle.clone() else {
+            return;
+        };
         let reasons = unsubscribe
             .filters
             .iter()
@@ -785,16 +1011,25 @@ impl Channel {
         self.output.push(Packet::UnsubAck(UnsubAck {
             packet_id: unsubscribe.packet_id,
             properties: Properties::default(),
-            reasons: if self.version.is_v5() { reasons } else { Vec::new() },
+            reasons: if self.version.is_v5() {
+                reasons
+            } else {
+                Vec::new()
+            },
         }));
     }
 
     fn handle_disconnect(&mut self, disconnect: Disconnect, _now: Instant) {
-        let State::Connected(conn) = &self.state else { return };
+        let State::Connected(conn) = &self.state else {
+            return;
+        };
         if let Some(expiry) = disconnect.properties.session_expiry_interval {
             if conn.connect_expiry_zero && expiry != 0 {
                 // [MQTT-3.14.2-2]
-                return self.violation(rc::PROTOCOL_ERROR, "session expiry set on DISCONNECT after zero in CONNECT");
+                return self.violation(
+                    rc::PROTOCOL_ERROR,
+                    "session expiry set on DISCONNECT after zero in CONNECT",
+                );
             }
             if let Some(h) = &self.handle {
                 h.set_expiry_interval(expiry.min(self.broker.config().max_session_expiry));
@@ -806,6 +1041,24 @@ impl Channel {
         };
         self.state = State::Closed;
     }
+}
+
+/// Drop the optional diagnostics (reason string, user properties) from a
+/// non-PUBLISH packet.
+fn strip_diagnostics(packet: &mut Packet) {
+    let props = match packet {
+        Packet::ConnAck(p) => &mut p.properties,
+        Packet::PubAck(p) | Packet::PubRec(p) | Packet::PubRel(p) | Packet::PubComp(p) => {
+            &mut p.properties
+        }
+        Packet::SubAck(p) => &mut p.properties,
+        Packet::UnsubAck(p) => &mut p.properties,
+        Packet::Disconnect(p) => &mut p.properties,
+        Packet::Auth(p) => &mut p.properties,
+        _ => return,
+    };
+    props.reason_string = None;
+    props.user_properties.clear();
 }
 
 fn keep_alive_deadline(keep_alive: u16, multiplier: f64, now: Instant) -> Option<Instant> {
@@ -880,7 +1133,8 @@ fn publish_size(d: &Delivery, version: ProtocolVersion, now: Instant) -> usize {
         properties: publish_properties(d, now),
         payload: Bytes::new(),
     });
-    encoded_len(&p, version).map_or(usize::MAX, |n| n + d.message.payload.len() + 4)
+    // A topic alias can only shrink the packet; measured without one.
+    encoded_len(&p, version).map_or(usize::MAX, |n| n + d.message.payload.len())
 }
 
 fn generated_client_id() -> String {

@@ -57,11 +57,12 @@ pub(super) fn encode_disconnect<S: Sink>(
     if !version.is_v5() {
         return Ok(());
     }
+    // A non-zero reason is always followed by a property length (possibly
+    // 0): the spec allows omitting it, but several clients (rumqttc 0.24,
+    // older MQTT.js and paho.golang) cannot parse the 3-byte form.
     let has_properties = properties::entries_len(&p.properties, Context::Disconnect)? > 0;
     if p.reason != 0 || has_properties {
         s.put_u8(p.reason);
-    }
-    if has_properties {
         properties::encode(s, &p.properties, Context::Disconnect)?;
     }
     Ok(())

@@ -1,0 +1,176 @@
+"""Fixtures: the real `tributary` binary on a free loopback port, and clients.
+
+`broker` starts a fresh broker per test (it starts in milliseconds, and a
+fresh one means no retained message or session leaks between tests).
+`start_broker(**env)` starts one with extra environment overrides.
+On failure the broker's log (debug level) is attached to the report.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import rawmqtt
+from clients import Client
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("TRIBUTARY_BIN", REPO / "target" / "debug" / "tributary"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Broker:
+    """One running `tributary` process."""
+
+    def __init__(self, env: dict[str, str] | None = None, config: str | None = None):
+        self.port = free_port()
+        args = []
+        self.config = None
+        if config is not None:
+            self.config = tempfile.NamedTemporaryFile("w", prefix="tributary-", suffix=".toml", delete=False)
+            self.config.write(config)
+            self.config.close()
+            args = ["--config", self.config.name]
+        self.log = tempfile.NamedTemporaryFile(prefix="tributary-", suffix=".log", delete=False)
+        full_env = dict(os.environ)
+        full_env.update({
+            "TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND": f"127.0.0.1:{self.port}",
+            "TRIBUTARY__LOG__LEVEL": "debug",
+            "NO_COLOR": "1",
+        })
+        full_env.pop("RUST_LOG", None)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen([str(BIN), *args], env=full_env, stdin=subprocess.DEVNULL,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tributary exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError(f"tributary did not listen on {self.port} within {timeout}s:\n{self.output()}")
+
+    def output(self) -> str:
+        return re.sub(r"\x1b\[[0-9;]*m", "", Path(self.log.name).read_text(errors="replace"))
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def terminate(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"tributary did not exit within {timeout}s of SIGTERM")
+        return self.proc.returncode
+
+    def cleanup(self) -> None:
+        try:
+            self.terminate()
+        finally:
+            self.log.close()
+            os.unlink(self.log.name)
+            if self.config is not None:
+                os.unlink(self.config.name)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for broker in getattr(item, "_brokers", []):
+            lines = broker.output().splitlines()
+            report.sections.append((f"tributary log (port {broker.port}, last 150 lines)",
+                                    "\n".join(lines[-150:])))
+
+
+@pytest.fixture
+def start_broker(request):
+    """Factory: start_broker(env={"TRIBUTARY__MQTT__...": "..."}, config="toml text") -> Broker.
+
+    Every broker started is stopped (SIGTERM) at teardown."""
+    brokers: list[Broker] = []
+    request.node._brokers = brokers
+
+    def start(env: dict[str, str] | None = None, config: str | None = None) -> Broker:
+        for attempt in range(3):  # the free port may be taken between probe and bind
+            try:
+                b = Broker(env, config)
+                brokers.append(b)
+                return b
+            except RuntimeError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    yield start
+    for b in brokers:
+        b.cleanup()
+
+
+@pytest.fixture
+def broker(start_broker) -> Broker:
+    return start_broker()
+
+
+@pytest.fixture
+def port(broker) -> int:
+    return broker.port
+
+
+@pytest.fixture
+def client(request):
+    """Factory: client(port, client_id, version, ...) -> clients.Client, closed at teardown."""
+    made: list[Client] = []
+
+    def make(port: int, client_id: str = "", version=None, **kw) -> Client:
+        from clients import V311
+        c = Client(port, client_id, V311 if version is None else version, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+
+
+@pytest.fixture
+def raw():
+    """Factory: raw(port, version) -> rawmqtt.RawClient, closed at teardown."""
+    made: list[rawmqtt.RawClient] = []
+
+    def make(port: int, version: int = rawmqtt.V311, timeout: float = 5.0) -> rawmqtt.RawClient:
+        c = rawmqtt.RawClient(port, version, timeout)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()

@@ -1,0 +1,205 @@
+"""The binary itself: its default configuration, configuration errors, graceful shutdown."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import tomllib
+
+import pytest
+
+import rawmqtt
+from clients import V5
+from conftest import BIN
+
+
+def run(*args, config_text=None, env=None, tmp_path=None):
+    """Run the binary to completion; returns CompletedProcess (text)."""
+    argv = [str(BIN), *args]
+    if config_text is not None:
+        path = tmp_path / "tributary.toml"
+        path.write_text(config_text)
+        argv += ["--config", str(path)]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")}
+    full_env.update(env or {})
+    return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=20)
+
+
+@pytest.fixture(scope="module")
+def default_config():
+    out = run("print-default-config")
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_default_config_is_valid_toml(default_config):
+    parsed = tomllib.loads(default_config)
+    assert parsed["mqtt"]["max_packet_size"] == 1048576
+    assert parsed["mqtt"]["max_inflight"] >= 1
+    assert parsed["listeners"]["tcp"]["default"]["bind"] == "0.0.0.0:1883"
+
+
+def test_check_config_accepts_default_config(default_config, tmp_path):
+    out = run("check-config", config_text=default_config, tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+
+
+def test_broker_runs_with_printed_default_config(default_config, tmp_path):
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    p = port.getsockname()[1]
+    port.close()
+    text = default_config.replace('bind = "0.0.0.0:1883"', f'bind = "127.0.0.1:{p}"')
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(text)
+    proc = subprocess.Popen([str(BIN), "--config", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")})
+    try:
+        import time
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c = rawmqtt.RawClient(p, rawmqtt.V311)
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        assert c.connect(client_id="cfg").rc == 0
+        c.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+
+
+@pytest.mark.parametrize("args", [["check-config"], []], ids=["check-config", "run"])
+def test_unknown_key_rejected_with_its_path(tmp_path, args):
+    out = run(*args, config_text="[mqtt]\nmax_pakcet_size = 5\n", tmp_path=tmp_path)
+    assert out.returncode != 0
+    assert "mqtt.max_pakcet_size" in out.stderr
+
+
+@pytest.mark.parametrize("args", [["check-config"], []], ids=["check-config", "run"])
+def test_bad_value_rejected_with_its_path(tmp_path, args):
+    out = run(*args, config_text="[mqtt]\nmax_inflight = 0\n", tmp_path=tmp_path)
+    assert out.returncode != 0
+    assert "mqtt.max_inflight" in out.stderr
+
+
+def test_every_config_error_reported_at_once(tmp_path):
+    text = ('[mqtt]\nmax_pakcet_size = 5\nmax_inflight = 0\nmax_qos_allowed = 3\n'
+            '[listeners.tcp.default]\nbind = "not an address"\n')
+    out = run("check-config", config_text=text, tmp_path=tmp_path)
+    assert out.returncode != 0
+    for key in ("mqtt.max_pakcet_size", "mqtt.max_inflight", "mqtt.max_qos_allowed",
+                "listeners.tcp.default.bind"):
+        assert key in out.stderr, f"{key} not reported:\n{out.stderr}"
+
+
+@pytest.mark.parametrize("text,key", [
+    ('[mqtt]\nconnect_timeout = "soon"\n', "mqtt.connect_timeout"),
+    ('[mqtt]\nmqueue_overflow = "drop_everything"\n', "mqtt.mqueue_overflow"),
+    ('[mqtt]\nmax_clientid_len = 5\n', "mqtt.max_clientid_len"),
+    ('[mqtt]\nkeepalive_multiplier = 0.5\n', "mqtt.keepalive_multiplier"),
+    ('[log]\nlevel = 3\n', "log.level"),
+    ('[nodee]\nname = "x"\n', "nodee"),
+])
+def test_invalid_values_named(tmp_path, text, key):
+    out = run("check-config", config_text=text, tmp_path=tmp_path)
+    assert out.returncode != 0
+    assert key in out.stderr, out.stderr
+
+
+def test_valid_durations_accepted(tmp_path):
+    text = '[mqtt]\nconnect_timeout = "1h30m"\nretry_interval = 20\nawait_rel_timeout = "500ms"\n'
+    out = run("check-config", config_text=text, tmp_path=tmp_path)
+    assert out.returncode == 0, out.stderr
+
+
+def test_env_override_errors_name_key_and_variable():
+    out = run("check-config", env={"TRIBUTARY__MQTT__MAX_INFLIGHT": "0"})
+    assert out.returncode != 0
+    assert "mqtt.max_inflight" in out.stderr and "TRIBUTARY__MQTT__MAX_INFLIGHT" in out.stderr
+    out = run("check-config", env={"TRIBUTARY__MQTT__MAX_PAKCET_SIZE": "5"})
+    assert out.returncode != 0
+    assert "mqtt.max_pakcet_size" in out.stderr
+
+
+def test_syntax_error_rejected(tmp_path):
+    out = run("check-config", config_text="[mqtt\nmax_inflight = 3\n", tmp_path=tmp_path)
+    assert out.returncode != 0 and out.stderr.strip()
+
+
+def test_missing_config_file_rejected():
+    out = run("check-config", "--config", "/nonexistent/tributary.toml")
+    assert out.returncode != 0
+    assert "/nonexistent/tributary.toml" in out.stderr
+
+
+@pytest.mark.parametrize("section", ["", "node", "log", "mqtt", "retainer", "authorization", "authentication",
+                                     "limits", "listeners.tcp.default"])
+def test_every_accepted_key_is_in_the_default_config(default_config, tmp_path, section):
+    # default.toml promises "Every key is shown with its default value": compare it with the
+    # fields the binary itself lists when it rejects an unknown key.
+    header = f"[{section}]\n" if section else ""
+    out = run("check-config", config_text=f"{header}zz_not_a_key = 1\n", tmp_path=tmp_path)
+    assert out.returncode != 0
+    m = re.search(r"expected (?:one of )?(.*)", out.stderr)
+    assert m, out.stderr
+    fields = re.findall(r"`([^`]+)`", m.group(1))
+    assert fields, out.stderr
+    documented = set(re.findall(r"^#?\s*([a-z0-9_]+)\s*=", default_config, re.M))
+    sections = set(re.findall(r"^#?\s*\[+([a-z0-9_.]+)", default_config, re.M))
+    names = documented | {s.split(".")[-1] for s in sections} | {s.split(".")[0] for s in sections}
+    missing = [f for f in fields if f not in names]
+    assert not missing, f"accepted but undocumented in [{section}]: {missing}"
+
+
+def test_version_flag():
+    out = run("--version")
+    assert out.returncode == 0
+    assert out.stdout.startswith("tributary ")
+
+
+# ---------------------------------------------------------------- graceful shutdown
+
+def test_sigterm_disconnects_v5_clients_with_0x8b_and_exits_0(broker, raw, client):
+    r = raw(broker.port, rawmqtt.V5)
+    assert r.connect(client_id="raw5").rc == 0
+    old = raw(broker.port, rawmqtt.V311)
+    assert old.connect(client_id="raw311").rc == 0
+    paho = client(broker.port, "paho5", V5)
+    paho.connect()
+    assert broker.terminate(10) == 0
+    # MQTT 5 §4.13 / reason 0x8B Server shutting down.
+    assert [(p.type, rawmqtt.reason_code(p)) for p in r.read_until_closed(3)] == [(rawmqtt.DISCONNECT, 0x8B)]
+    assert old.read_until_closed(3) == []
+    assert paho.disconnected.wait(3) and paho.disconnect_reason == 139
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", broker.port), timeout=1).close()
+
+
+def test_sigint_exits_0(broker, raw):
+    r = raw(broker.port, rawmqtt.V5)
+    assert r.connect(client_id="int").rc == 0
+    broker.proc.send_signal(signal.SIGINT)
+    assert broker.proc.wait(10) == 0
+    assert [(p.type, rawmqtt.reason_code(p)) for p in r.read_until_closed(3)] == [(rawmqtt.DISCONNECT, 0x8B)]
+
+
+def test_sigterm_with_many_sessions_exits_promptly(start_broker, raw):
+    # Many connections, persistent sessions and wills open: the process still exits 0
+    # promptly and closes every connection.
+    b = start_broker()
+    conns = []
+    for i in range(30):
+        c = raw(b.port, rawmqtt.V5 if i % 2 else rawmqtt.V311)
+        c.connect(client_id=f"c{i}", clean=False,
+                  **({"props": [(rawmqtt.SESSION_EXPIRY, 60)]} if i % 2 else {}),
+                  will=rawmqtt.Will("w/t", b"x", 1))
+        c.subscribe([("s/#", 1)])
+        conns.append(c)
+    assert b.terminate(10) == 0
+    for c in conns:
+        c.read_until_closed(3)
