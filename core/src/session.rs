@@ -270,9 +270,15 @@ impl Session {
                 }
             }
         }
+        // One wake-up per batch: a non-empty mailbox means the owner has
+        // been woken already and will drain it (or is waiting for its
+        // inflight window, and acknowledgements make it look again).
+        let was_empty = st.queue.is_empty();
         st.queue.push_back(delivery);
-        if let Some(owner) = &st.owner {
-            owner.wake();
+        if was_empty {
+            if let Some(owner) = &st.owner {
+                owner.wake();
+            }
         }
         true
     }

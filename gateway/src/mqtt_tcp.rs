@@ -20,8 +20,8 @@ use tributary_core::Broker;
 use tributary_mqtt::channel::{Channel, ChannelConfig};
 use tributary_mqtt::codec::{decode, encode};
 
-/// Read buffer growth step.
-const READ_CHUNK: usize = 8 * 1024;
+/// Size of the stack buffer each read goes through.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The clock the drivers use: tokio's, so tests can pause it.
 pub fn now() -> Instant {
@@ -89,8 +89,10 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext) {
     let (mut reader, mut writer) = stream.into_split();
     let mut channel = Channel::new(ctx.broker.clone(), ctx.channel.clone(), Some(peer), now());
     let mut shutdown = ctx.shutdown.clone();
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
-    let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
+    // Both buffers hold no memory while the connection is idle: bytes are
+    // read into a stack buffer and copied in only when they arrive.
+    let mut rbuf = BytesMut::new();
+    let mut wbuf = BytesMut::new();
     let mut signal = None;
     let mut peer_closed = false;
     loop {
@@ -103,20 +105,22 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext) {
         if signal.is_none() {
             signal = channel.signal();
         }
-        let wake = signal.clone();
         let deadline = channel.next_deadline();
-        if rbuf.capacity() - rbuf.len() < 512 {
-            rbuf.reserve(READ_CHUNK);
-        }
         tokio::select! {
-            read = reader.read_buf(&mut rbuf) => match read {
-                Ok(0) | Err(_) => {
+            ready = reader.readable() => {
+                let cap = channel.max_packet_size().saturating_add(READ_CHUNK);
+                if ready.is_err() || !read_available(&reader, &mut rbuf, cap) {
                     peer_closed = true;
+                    // Whatever arrived before the close still counts.
+                    decode_all(&mut channel, &mut rbuf);
                     break;
                 }
-                Ok(_) => decode_all(&mut channel, &mut rbuf),
+                decode_all(&mut channel, &mut rbuf);
+                if rbuf.is_empty() {
+                    rbuf = BytesMut::new();
+                }
             },
-            _ = async { match wake { Some(s) => s.notified().await, None => std::future::pending().await } } => {
+            _ = async { match &signal { Some(s) => s.notified().await, None => std::future::pending().await } } => {
                 channel.handle_wake(now());
             }
             _ = async {
@@ -156,6 +160,28 @@ async fn linger(reader: &mut tokio::net::tcp::OwnedReadHalf) {
         }
     })
     .await;
+}
+
+/// Read what the socket has without waiting, through a stack buffer, into
+/// `rbuf`, stopping once `rbuf` holds `cap` bytes (more than any acceptable
+/// packet, so the decoder can refuse it). Returns false when the peer closed
+/// or the socket failed.
+fn read_available(reader: &tokio::net::tcp::OwnedReadHalf, rbuf: &mut BytesMut, cap: usize) -> bool {
+    let mut chunk = [0u8; READ_CHUNK];
+    while rbuf.len() < cap {
+        match reader.try_read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(n) => {
+                rbuf.extend_from_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    return true;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 fn decode_all(channel: &mut Channel, rbuf: &mut BytesMut) {

@@ -4,6 +4,8 @@ MQTT 3.1.1 (OASIS 2014) and MQTT 5.0 (OASIS 2019) conformance statements
 are cited as [MQTT-x.y.z-n].
 """
 
+import time
+
 import pytest
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
@@ -400,3 +402,152 @@ def test_v5_unsubscribe_reason_codes(port, client):
     s.connect()
     s.subscribe("u/x", 1)
     assert s.unsubscribe(["u/x", "u/never"]) == [0x00, 0x11]  # Success, No subscription existed
+
+
+# ---------------------------------------------------------------- retained matching corner cases
+
+def test_retained_sys_topics_not_sent_to_leading_wildcards(port, client):
+    # [MQTT-4.7.2-1] applies to retained messages sent on subscribe too.
+    pub = client(port, "pub", V5)
+    pub.connect()
+    pub.publish("$SYS/ret", b"sys", 1, retain=True)
+    pub.publish("plain/ret", b"plain", 1, retain=True)
+    for f, expected in (("#", [("plain/ret", b"plain")]), ("+/ret", [("plain/ret", b"plain")]),
+                        ("$share/g/#", [])):
+        s = client(port, f"s{len(f)}", V5)
+        s.connect()
+        s.subscribe([(f, 1), ("marker", 1)])
+        pub.publish("marker", b"m", 1)
+        assert [(m.topic, m.payload) for m in s.until("marker")] == expected, f
+    s = client(port, "sys", V5)
+    s.connect()
+    s.subscribe("$SYS/ret", 1)
+    assert s.expect().payload == b"sys"
+
+
+def test_retained_matching_parent_level_and_empty_levels(port, client):
+    pub = client(port, "pub", V311)
+    pub.connect()
+    for t in ("sport", "sport/", "a//b", "a/x/b", "a/x/y/b"):
+        pub.publish(t, t.encode(), 1, retain=True)
+    cases = {"sport/#": {"sport", "sport/"}, "a/+/b": {"a//b", "a/x/b"}, "+": {"sport"},
+             "a/#": {"a//b", "a/x/b", "a/x/y/b"}, "+/": {"sport/"}}
+    for i, (f, expected) in enumerate(cases.items()):
+        s = client(port, f"s{i}", V311)
+        s.connect()
+        s.subscribe(f, 1)
+        got = {m.topic for m in s.expect_n(len(expected))}
+        assert got == expected, f
+        s.assert_nothing(0.1)
+
+
+def test_retained_payload_over_limit_not_stored_but_delivered(start_broker, client):
+    b = start_broker({"TRIBUTARY__RETAINER__MAX_PAYLOAD_SIZE": "10"})
+    live = client(b.port, "live", V311)
+    live.connect()
+    live.subscribe("lim/#", 1)
+    pub = client(b.port, "pub", V311)
+    pub.connect()
+    pub.publish("lim/big", b"x" * 20, 1, retain=True)
+    pub.publish("lim/small", b"y" * 5, 1, retain=True)
+    assert [m.topic for m in live.expect_n(2)] == ["lim/big", "lim/small"]
+    late = client(b.port, "late", V311)
+    late.connect()
+    late.subscribe("lim/#", 1)
+    assert late.expect().topic == "lim/small"
+    late.assert_nothing(0.2)
+
+
+# ---------------------------------------------------------------- configured limits, auth, ACL
+
+def test_anonymous_refused_when_not_allowed(start_broker, raw):
+    # default.toml: `allow_anonymous` = "Accept clients that present no credentials."
+    # Refusal is CONNACK 0x05 Not authorized (3.1.1) / 0x87 Not authorized (5), then close.
+    b = start_broker(config="[authentication]\nallow_anonymous = false\n")
+    for version, code in ((rawmqtt.V311, 0x05), (rawmqtt.V5, 0x87)):
+        c = raw(b.port, version)
+        ack = c.connect(client_id=f"anon{version}")
+        assert ack.rc == code, f"MQTT level {version}: anonymous client got CONNACK {ack.rc:#x}"
+        c.read_until_closed()
+
+
+@pytest.mark.parametrize("version,code", [(rawmqtt.V311, 0x02), (rawmqtt.V5, 0x85)], ids=["3.1.1", "5"])
+def test_client_id_longer_than_configured_maximum(start_broker, raw, version, code):
+    b = start_broker({"TRIBUTARY__MQTT__MAX_CLIENTID_LEN": "23"})
+    assert raw(b.port, version).connect(client_id="x" * 23).rc == 0
+    c = raw(b.port, version)
+    assert c.connect(client_id="y" * 24).rc == code  # Identifier rejected / Client Identifier not valid
+    c.read_until_closed()
+
+
+def test_listener_connection_limit(start_broker, raw):
+    b = start_broker({"TRIBUTARY__LISTENERS__TCP__DEFAULT__MAX_CONNECTIONS": "2"})
+
+    def connect_when_a_slot_is_free(client_id):
+        # The fixture's readiness probe, or a connection just closed, may hold a slot for a moment.
+        deadline = time.monotonic() + 3
+        while True:
+            c = raw(b.port, rawmqtt.V5)
+            try:
+                assert c.connect(client_id=client_id).rc == 0
+                return c
+            except (rawmqtt.Closed, OSError):
+                assert time.monotonic() < deadline, "no connection slot became free"
+                time.sleep(0.02)
+
+    keep = [connect_when_a_slot_is_free(f"k{i}") for i in range(2)]
+    extra = raw(b.port, rawmqtt.V5)
+    with pytest.raises((rawmqtt.Closed, OSError)):
+        extra.connect(client_id="extra")
+    keep[0].disconnect()
+    keep[0].read_until_closed()
+    keep[0].close()
+    connect_when_a_slot_is_free("later")
+
+
+ACL = '''
+[[authorization.rules]]
+permission = "deny"
+action = "subscribe"
+topics = ["private/#"]
+
+[[authorization.rules]]
+permission = "deny"
+action = "publish"
+topics = ["readonly/#"]
+'''
+
+
+def test_acl_denies_subscribe_and_publish(start_broker, client):
+    b = start_broker(config=ACL)
+    for version, denied in ((V311, 0x80), (V5, 0x87)):
+        c = client(b.port, f"acl{version}", version)
+        c.connect()
+        assert c.subscribe([("private/x", 1), ("readonly/x", 1)]) == [denied, 1]
+        c.publish("readonly/x", b"dropped", 1)  # acknowledged but not routed
+        c.publish("public/marker", b"m", 1)
+        c.subscribe("public/marker", 1)
+        c.publish("public/marker", b"m", 1)
+        assert [m.topic for m in c.until("public/marker")] == []
+        assert c.c.is_connected()
+
+
+def test_acl_deny_action_disconnect(start_broker, raw):
+    b = start_broker(config='[authorization]\ndeny_action = "disconnect"\n' + ACL)
+    c = raw(b.port, rawmqtt.V5)
+    assert c.connect(client_id="acld").rc == 0
+    c.publish("readonly/x", b"x", qos=1, packet_id=1)
+    packets = c.read_until_closed()
+    assert [(p.type, rawmqtt.reason_code(p)) for p in packets if p.type == rawmqtt.DISCONNECT] in ([], [
+        (rawmqtt.DISCONNECT, 0x87)])
+
+
+def test_sys_topics_published_at_sys_interval(start_broker, client):
+    # default.toml: node.sys_interval = "How often $SYS topics are published";
+    # node.name is "a level of $SYS/brokers/{name}/... topics".
+    b = start_broker({"TRIBUTARY__NODE__SYS_INTERVAL": "1s"})
+    s = client(b.port, "sys", V5)
+    s.connect()
+    s.subscribe("$SYS/#", 0)
+    m = s.expect(3.5)
+    assert m.topic.startswith("$SYS/brokers/tributary@127.0.0.1/"), m.topic

@@ -308,3 +308,211 @@ def test_shared_subscription_member_leaving_redistributes(port, raw, client):
     for i in range(4):
         pub.publish("lv/t", str(i).encode(), 1)
     assert [m.payload for m in b.expect_n(4)] == [b"0", b"1", b"2", b"3"]
+
+
+# ---------------------------------------------------------------- redelivery and ordering
+
+@pytest.mark.parametrize("version", [rawmqtt.V311, rawmqtt.V5], ids=["3.1.1", "5"])
+def test_inflight_then_queued_messages_redelivered_in_order(port, raw, client, version):
+    # [MQTT-4.4.0-1] resend unacknowledged PUBLISH (DUP=1) on reconnect, then the queue,
+    # preserving order [MQTT-4.6.0-2].
+    props_ = {"props": [(rawmqtt.SESSION_EXPIRY, 60)]} if version == rawmqtt.V5 else {}
+    sub = raw(port, version)
+    assert sub.connect(client_id="order", clean=False, **props_).rc == 0
+    sub.subscribe([("ord/t", 1)])
+    pub = client(port, "pub", V5)
+    pub.connect()
+    pub.publish("ord/t", b"0", 1)
+    assert sub.expect_publish().payload == b"0"
+    sub.abort()  # not acknowledged
+    for i in (1, 2, 3):
+        pub.publish("ord/t", str(i).encode(), 1)
+    back = raw(port, version)
+    assert back.connect(client_id="order", clean=False, **props_).session_present
+    got = []
+    for _ in range(4):
+        p = back.expect_publish()
+        got.append((p.payload, p.dup))
+        back.send(rawmqtt.ack(rawmqtt.PUBACK, p.packet_id))
+    assert got == [(b"0", True), (b"1", False), (b"2", False), (b"3", False)]
+
+
+def test_qos2_pubrel_resent_after_reconnect(port, raw, client):
+    # [MQTT-4.4.0-1]: after PUBREC, the server resends PUBREL (not the PUBLISH) on reconnect.
+    sub = raw(port, rawmqtt.V311)
+    assert sub.connect(client_id="q2rel", clean=False).rc == 0
+    sub.subscribe([("q2rel/t", 2)])
+    pub = client(port, "pub", V311)
+    pub.connect()
+    pub.publish("q2rel/t", b"two", 2)
+    p = sub.expect_publish()
+    sub.send(rawmqtt.ack(rawmqtt.PUBREC, p.packet_id))
+    rel = sub.expect(rawmqtt.PUBREL)
+    assert rel.flags == 0x02 and rel.body[:2] == p.packet_id.to_bytes(2, "big")
+    sub.abort()  # before PUBCOMP
+    back = raw(port, rawmqtt.V311)
+    assert back.connect(client_id="q2rel", clean=False).session_present
+    rel = back.expect(rawmqtt.PUBREL)
+    assert rel.body[:2] == p.packet_id.to_bytes(2, "big")
+    back.send(rawmqtt.ack(rawmqtt.PUBCOMP, p.packet_id))
+    with pytest.raises(TimeoutError):
+        back.read(0.3)  # and the message itself is not delivered again
+
+
+def test_takeover_moves_inflight_messages(port, raw, client):
+    first = raw(port, rawmqtt.V311)
+    assert first.connect(client_id="mover", clean=False).rc == 0
+    first.subscribe([("mv/t", 1)])
+    pub = client(port, "pub", V311)
+    pub.connect()
+    pub.publish("mv/t", b"in flight", 1)
+    assert first.expect_publish().payload == b"in flight"  # not acknowledged
+    second = raw(port, rawmqtt.V311)
+    assert second.connect(client_id="mover", clean=False).session_present
+    p = second.expect_publish()
+    assert (p.payload, p.dup) == (b"in flight", True)
+
+
+def test_v311_retry_interval_resends_while_connected(start_broker, raw, client):
+    # Config retry_interval: MQTT 3.1.1 QoS 1 PUBLISH unacknowledged are resent with DUP.
+    b = start_broker({"TRIBUTARY__MQTT__RETRY_INTERVAL": "1s"})
+    sub = raw(b.port, rawmqtt.V311)
+    sub.connect(client_id="retry")
+    sub.subscribe([("retry/t", 1)])
+    pub = client(b.port, "pub", V311)
+    pub.connect()
+    pub.publish("retry/t", b"again", 1)
+    first = sub.expect_publish()
+    again = sub.expect_publish(3)
+    assert (again.payload, again.dup, again.packet_id) == (b"again", True, first.packet_id)
+
+
+def test_v5_no_resend_while_connected(start_broker, raw, client):
+    # MQTT 5 [MQTT-4.4.0-1]: resending is only allowed on reconnect, never during a connection.
+    b = start_broker({"TRIBUTARY__MQTT__RETRY_INTERVAL": "1s"})
+    sub = raw(b.port, rawmqtt.V5)
+    sub.connect(client_id="noretry")
+    sub.subscribe([("retry/t", 1)])
+    pub = client(b.port, "pub", V5)
+    pub.connect()
+    pub.publish("retry/t", b"once", 1)
+    sub.expect_publish()
+    with pytest.raises(TimeoutError):
+        sub.read(2.0)
+
+
+@pytest.mark.parametrize("policy,expected", [("drop_oldest", [b"2", b"3", b"4"]), ("drop_newest", [b"0", b"1", b"2"])])
+def test_offline_queue_overflow_policy(start_broker, raw, client, policy, expected):
+    b = start_broker({"TRIBUTARY__MQTT__MAX_MQUEUE_LEN": "3", "TRIBUTARY__MQTT__MQUEUE_OVERFLOW": policy})
+    go_offline_raw(b.port, raw, rawmqtt.V311, "ovf", [("ovf/t", 1)])
+    pub = client(b.port, "pub", V311)
+    pub.connect()
+    for i in range(5):
+        pub.publish("ovf/t", str(i).encode(), 1)
+    back = client(b.port, "ovf", V311, clean_session=False)
+    back.connect()
+    assert [m.payload for m in back.expect_n(3)] == expected
+    back.assert_nothing(0.2)
+
+
+def test_max_inflight_window_for_v311(start_broker, raw, client):
+    b = start_broker({"TRIBUTARY__MQTT__MAX_INFLIGHT": "2"})
+    sub = raw(b.port, rawmqtt.V311)
+    sub.connect(client_id="win")
+    sub.subscribe([("win/t", 1)])
+    pub = client(b.port, "pub", V311)
+    pub.connect()
+    for i in range(4):
+        pub.publish("win/t", str(i).encode(), 1)
+    first = [sub.expect_publish(), sub.expect_publish()]
+    with pytest.raises(TimeoutError):
+        sub.read(0.3)
+    for p in first:
+        sub.send(rawmqtt.ack(rawmqtt.PUBACK, p.packet_id))
+    rest = [sub.expect_publish(), sub.expect_publish()]
+    assert [p.payload for p in first + rest] == [b"0", b"1", b"2", b"3"]
+
+
+def test_upgrade_qos(start_broker, client):
+    b = start_broker({"TRIBUTARY__MQTT__UPGRADE_QOS": "true"})
+    sub, pub = client(b.port, "s", V311), client(b.port, "p", V311)
+    sub.connect()
+    pub.connect()
+    sub.subscribe("up/t", 0)
+    pub.publish("up/t", b"x", 2)
+    assert sub.expect().qos == 2
+
+
+def test_v5_queued_messages_respect_receive_maximum_and_packet_size(port, raw, client):
+    go_offline_raw(port, raw, rawmqtt.V5, "limits", [("lim/t", 1)], props=[(rawmqtt.SESSION_EXPIRY, 60)])
+    pub = client(port, "pub", V5)
+    pub.connect()
+    pub.publish("lim/t", b"a", 1)
+    pub.publish("lim/t", b"B" * 500, 1)  # larger than the client will accept
+    pub.publish("lim/t", b"c", 1)
+    pub.publish("lim/t", b"d", 1)
+    back = raw(port, rawmqtt.V5)
+    ack = back.connect(client_id="limits", clean=False, props=[
+        (rawmqtt.SESSION_EXPIRY, 60), (rawmqtt.RECEIVE_MAXIMUM, 1), (rawmqtt.MAXIMUM_PACKET_SIZE, 100)])
+    assert ack.session_present
+    got = []
+    for _ in range(3):
+        p = back.expect_publish()
+        with pytest.raises(TimeoutError):
+            back.read(0.2)  # Receive Maximum 1: nothing more until acknowledged
+        got.append(p.payload)
+        back.send(rawmqtt.ack(rawmqtt.PUBACK, p.packet_id))
+    assert got == [b"a", b"c", b"d"]
+
+
+def test_v5_queued_messages_keep_subscription_identifier_and_aliases_reset(port, raw, client):
+    # Topic alias mappings do not survive the connection [MQTT-3.3.2-7]: the first PUBLISH
+    # after reconnecting must carry the topic name.
+    sub = raw(port, rawmqtt.V5)
+    sub.connect(client_id="sidq", clean=False, props=[(rawmqtt.SESSION_EXPIRY, 60), (rawmqtt.TOPIC_ALIAS_MAXIMUM, 5)])
+    sub.subscribe([("sidq/t", 1)], props=[(rawmqtt.SUBSCRIPTION_ID, 3)])
+    pub = client(port, "pub", V5)
+    pub.connect()
+    for i in range(2):
+        pub.publish("sidq/t", b"live", 1)
+        sub.send(rawmqtt.ack(rawmqtt.PUBACK, sub.expect_publish().packet_id))
+    sub.disconnect()
+    sub.read_until_closed()
+    pub.publish("sidq/t", b"queued", 1)
+    back = raw(port, rawmqtt.V5)
+    assert back.connect(client_id="sidq", clean=False,
+                        props=[(rawmqtt.SESSION_EXPIRY, 60), (rawmqtt.TOPIC_ALIAS_MAXIMUM, 5)]).session_present
+    p = back.expect_publish()
+    assert (p.topic, p.payload) == (b"sidq/t", b"queued")
+    assert p.props.get(rawmqtt.SUBSCRIPTION_ID) == [3]
+
+
+def test_v5_client_topic_alias_not_carried_to_new_connection(port, raw):
+    c = raw(port, rawmqtt.V5)
+    c.connect(client_id="alias1")
+    c.publish("al/t", b"x", props=[(rawmqtt.TOPIC_ALIAS, 1)])
+    c.disconnect()
+    c.read_until_closed()
+    c2 = raw(port, rawmqtt.V5)
+    c2.connect(client_id="alias1")
+    c2.publish("", b"y", props=[(rawmqtt.TOPIC_ALIAS, 1)])  # unknown on this connection
+    packets = c2.read_until_closed()
+    assert [(p.type, rawmqtt.reason_code(p)) for p in packets] == [(rawmqtt.DISCONNECT, 0x82)]
+
+
+def test_will_delivered_to_offline_persistent_subscriber(port, raw, client):
+    go_offline_raw(port, raw, rawmqtt.V311, "heir", [("estate/#", 1)])
+    dying = raw(port, rawmqtt.V311)
+    dying.connect(client_id="dying", will=rawmqtt.Will("estate/will", b"all to heir", 1))
+    dying.abort()
+    back = client(port, "heir", V311, clean_session=False)
+    # The will is published asynchronously after the abort; reconnect until it has been queued.
+    deadline = time.monotonic() + 3
+    while True:
+        back.connect()
+        try:
+            assert back.expect(0.3).payload == b"all to heir"
+            return
+        except AssertionError:
+            assert time.monotonic() < deadline, "will not delivered to the persistent session"
+            back.disconnect()
