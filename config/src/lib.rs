@@ -34,13 +34,17 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod coap;
 pub mod duration;
 mod load;
+pub mod mqttsn;
 pub mod sections;
 mod validate;
 
+pub use coap::{CoapConfig, CoapNotifyType, CoapQos};
 pub use duration::{format_duration, parse_duration, ParseDurationError};
 pub use load::{ConfigError, ConfigProblem, ENV_PREFIX};
+pub use mqttsn::{AdvertiseConfig, MqttSnConfig, PredefinedTopic};
 pub use sections::{
     AclAction, AclRule, AuthenticationConfig, AuthorizationConfig, DenyAction, LimitsConfig,
     Listeners, LogConfig, MqttConfig, MqueueOverflow, NodeConfig, Permission, RetainerConfig,
@@ -70,6 +74,10 @@ pub struct Config {
     pub authentication: AuthenticationConfig,
     /// `[limits]`: broker-wide bounds.
     pub limits: LimitsConfig,
+    /// `[mqttsn]`: the MQTT-SN 1.2 gateway over UDP.
+    pub mqttsn: MqttSnConfig,
+    /// `[coap]`: the CoAP gateway over UDP.
+    pub coap: CoapConfig,
 }
 
 /// The commented default configuration file, printed by `tributary print-default-config`.

@@ -139,7 +139,7 @@ pub struct MqttConfig {
     /// Unacknowledged QoS 1/2 PUBLISH (MQTT 3.1.1) and PUBREL are resent after this. Non-zero. Default 30 s.
     #[serde(with = "duration")]
     pub retry_interval: Duration,
-    /// Deliver at the publish QoS even when the subscription's QoS is lower. Default false.
+    /// Deliver at the subscription's QoS even when the message was published at a lower one (EMQX's `upgrade_qos`). Default false.
     pub upgrade_qos: bool,
 }
 
@@ -243,7 +243,7 @@ impl Default for TcpListener {
 }
 
 /// Serde for listener addresses: `"ip:port"` or a bare port, written back as `"ip:port"`.
-mod bind_addr {
+pub(crate) mod bind_addr {
     use std::fmt;
     use std::net::{Ipv4Addr, SocketAddr};
 
@@ -338,7 +338,7 @@ pub enum AclAction {
 pub struct AuthorizationConfig {
     /// Decision when no rule matches. Default `"allow"`.
     pub no_match: Permission,
-    /// What to do with a client after a denial. Default `"ignore"`.
+    /// What to do with a client after a denied publish. Default `"ignore"`.
     pub deny_action: DenyAction,
     /// Ordered rules, written as `[[authorization.rules]]`. Default none.
     pub rules: Vec<AclRule>,
@@ -398,7 +398,7 @@ pub struct AclRule {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthenticationConfig {
-    /// Accept clients that present no credentials. Default true.
+    /// Accept clients that present no user name. Default true.
     pub allow_anonymous: bool,
 }
 

@@ -53,6 +53,8 @@ impl Config {
         self.check_listeners(&mut p);
         self.check_authorization(&mut p);
         p.at_least("limits.max_connections", self.limits.max_connections, 1);
+        self.mqttsn.check(&mut p.0);
+        p.0.extend(self.coap.problems());
         p.0
     }
 

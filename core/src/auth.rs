@@ -34,6 +34,25 @@ impl Authenticator for AllowAll {
     }
 }
 
+/// The authentication chain while no backend is configured: clients with a
+/// user name are accepted; clients without one only when anonymous access
+/// is allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct AnonymousGate {
+    /// Accept clients that present no user name.
+    pub allow_anonymous: bool,
+}
+
+impl Authenticator for AnonymousGate {
+    fn authenticate(&self, client: &ClientInfo, _password: Option<&[u8]>) -> AuthOutcome {
+        if client.username.is_none() && !self.allow_anonymous {
+            AuthOutcome::NotAuthorized
+        } else {
+            AuthOutcome::Allow
+        }
+    }
+}
+
 /// What a client wants to do with a topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {

@@ -64,6 +64,9 @@ pub struct BrokerConfig {
     pub max_session_expiry: u32,
     /// Deliver at the subscription's QoS even when the message's is lower.
     pub upgrade_qos: bool,
+    /// Node name for `$SYS/brokers/{node}/clients/{id}/connected|disconnected`
+    /// events; `None` publishes no events.
+    pub sys_node: Option<Arc<str>>,
 }
 
 impl Default for BrokerConfig {
@@ -81,6 +84,7 @@ impl Default for BrokerConfig {
             max_retained_payload: 0,
             max_session_expiry: u32::MAX,
             upgrade_qos: false,
+            sys_node: None,
         }
     }
 }
@@ -322,7 +326,32 @@ impl Broker {
         for will in wills {
             self.publish_will(will, now);
         }
+        self.client_event(&req.client, "connected", now);
         opened
+    }
+
+    /// Publish a `$SYS` client event (EMQX style) as a JSON payload.
+    fn client_event(&self, client: &ClientInfo, event: &str, now: Instant) {
+        let Some(node) = &self.config.sys_node else {
+            return;
+        };
+        let topic = format!("$SYS/brokers/{node}/clients/{}/{event}", client.client_id);
+        let payload = format!(
+            "{{\"clientid\":{},\"username\":{},\"ipaddress\":{},\"proto_name\":\"{}\"}}",
+            json_string(&client.client_id),
+            client
+                .username
+                .as_deref()
+                .map_or_else(|| "null".to_string(), json_string),
+            client
+                .peer
+                .map_or_else(|| "null".to_string(), |p| json_string(&p.ip().to_string())),
+            client.protocol,
+        );
+        self.publish(
+            Message::new(topic, payload.into_bytes().into(), QoS::AtMostOnce, false),
+            now,
+        );
     }
 
     fn drop_subscriptions(&self, session: &Arc<Session>) {
@@ -346,7 +375,7 @@ impl Broker {
     /// other group members.
     pub fn close_session(&self, handle: &SessionHandle, kind: CloseKind, now: Instant) {
         let session = &handle.session;
-        let (will, expiry) = {
+        let (will, expiry, client) = {
             let mut st = session.state.lock();
             if !st
                 .owner
@@ -366,8 +395,9 @@ impl Broker {
                 }
                 _ => st.will.take(),
             };
-            (will, st.expiry_interval)
+            (will, st.expiry_interval, st.info.clone())
         };
+        self.client_event(&client, "disconnected", now);
         if expiry == 0 {
             {
                 let mut sessions = self.sessions.lock();
@@ -864,6 +894,22 @@ fn remove_from_trie(trie: &mut Trie<FilterEntry>, raw: &str, client_id: &ClientI
 /// A shared-subscription member chosen for a message: its session, its
 /// options, the group name and the plain filter.
 type SharedPick<'a> = (&'a Arc<Session>, SubOptions, Arc<str>, Arc<str>);
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
 
 fn hash_of(s: &str) -> usize {
     let mut h = std::collections::hash_map::DefaultHasher::new();

@@ -584,6 +584,16 @@ impl SessionHandle {
     pub fn expiry_interval(&self) -> u32 {
         self.session.state.lock().expiry_interval
     }
+
+    /// Replace (or, with `None`, delete) the will while connected
+    /// (MQTT-SN WILLTOPICUPD / WILLMSGUPD). Ignored once the session was
+    /// taken over.
+    pub fn set_will(&self, will: Option<Will>) {
+        let mut st = self.session.state.lock();
+        if self.owns(&st) {
+            st.will = will;
+        }
+    }
 }
 
 fn next_free_packet_id(st: &mut SessionState) -> Option<u16> {

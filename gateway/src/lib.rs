@@ -3,13 +3,18 @@
 //! # Layout
 //! - [`wiring`]: configuration → core and channel settings.
 //! - [`mqtt_tcp`]: MQTT over TCP accept loop and connection driver.
+//! - [`coap_udp`]: CoAP over UDP: datagram reader and per-peer tasks.
+//! - [`mqttsn_udp`]: MQTT-SN over UDP: datagram reader and per-client tasks.
 //! - [`start`] / [`Gateway`]: start every listener and the housekeeping
 //!   task; shut down gracefully (MQTT 5 clients get DISCONNECT 0x8B).
 //!
 //! `start` takes a configuration and returns once every listener is bound,
 //! so tests can start a real gateway on port 0.
 
+pub mod coap_udp;
 pub mod mqtt_tcp;
+pub mod mqttsn_udp;
+pub mod sys;
 pub mod wiring;
 
 use std::net::SocketAddr;
@@ -29,6 +34,12 @@ pub struct Gateway {
     pub broker: Arc<Broker>,
     /// Bound MQTT/TCP addresses, by listener name.
     pub mqtt_tcp: Vec<(String, SocketAddr)>,
+    /// Bound MQTT-SN/UDP address, when enabled.
+    pub mqttsn_udp: Option<SocketAddr>,
+    /// Bound CoAP/UDP address, when enabled.
+    pub coap_udp: Option<SocketAddr>,
+    /// MQTT-SN gateway counters.
+    pub mqttsn_stats: Arc<tributary_mqttsn::gateway::Stats>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -65,10 +76,63 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         };
         tasks.spawn(mqtt_tcp::accept_loop(listener, ctx, format!("tcp:{name}")));
     }
+    let mqttsn_stats = Arc::new(tributary_mqttsn::gateway::Stats::default());
+    let mut mqttsn_udp = None;
+    if config.mqttsn.enabled {
+        let sn = &config.mqttsn;
+        let socket = tokio::net::UdpSocket::bind(sn.bind)
+            .await
+            .with_context(|| format!("mqttsn.bind: cannot bind {}", sn.bind))?;
+        let addr = socket.local_addr()?;
+        info!(listener = "udp:mqttsn", %addr, "MQTT-SN gateway started");
+        mqttsn_udp = Some(addr);
+        let ctx = mqttsn_udp::MqttSnContext {
+            broker: broker.clone(),
+            channel: wiring::mqttsn_channel(config),
+            max_clients: sn.max_clients as usize,
+            advertise: sn
+                .advertise
+                .enabled
+                .then_some((sn.advertise.interval, sn.advertise.broadcast)),
+            stats: mqttsn_stats.clone(),
+            shutdown: shutdown_rx.clone(),
+        };
+        tasks.spawn(mqttsn_udp::serve(socket, ctx));
+    }
+    if !config.node.sys_interval.is_zero() {
+        tasks.spawn(sys::publisher(
+            broker.clone(),
+            config.node.name.clone(),
+            config.node.sys_interval,
+            shutdown_rx.clone(),
+        ));
+    }
+    let mut coap_udp = None;
+    if config.coap.enabled {
+        let c = &config.coap;
+        let socket = tokio::net::UdpSocket::bind(c.bind)
+            .await
+            .with_context(|| format!("coap.bind: cannot bind {}", c.bind))?;
+        let addr = socket.local_addr()?;
+        info!(listener = "udp:coap", %addr, "CoAP gateway started");
+        coap_udp = Some(addr);
+        let ctx = coap_udp::CoapContext {
+            broker: broker.clone(),
+            channel: wiring::coap_channel(config),
+            max_peers: c.max_peers as usize,
+            peer_queue_len: c.peer_queue_len as usize,
+            stats: Arc::new(coap_udp::CoapStats::default()),
+            shutdown: shutdown_rx.clone(),
+        };
+        tasks.spawn(coap_udp::serve(socket, ctx));
+    }
     tasks.spawn(housekeeping(broker.clone(), shutdown_rx));
     Ok(Gateway {
         broker,
         mqtt_tcp,
+        mqttsn_udp,
+        mqttsn_stats,
+        coap_udp,
         shutdown: shutdown_tx,
         tasks,
     })

@@ -166,7 +166,11 @@ async fn linger(reader: &mut tokio::net::tcp::OwnedReadHalf) {
 /// `rbuf`, stopping once `rbuf` holds `cap` bytes (more than any acceptable
 /// packet, so the decoder can refuse it). Returns false when the peer closed
 /// or the socket failed.
-fn read_available(reader: &tokio::net::tcp::OwnedReadHalf, rbuf: &mut BytesMut, cap: usize) -> bool {
+fn read_available(
+    reader: &tokio::net::tcp::OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    cap: usize,
+) -> bool {
     let mut chunk = [0u8; READ_CHUNK];
     while rbuf.len() < cap {
         match reader.try_read(&mut chunk) {

@@ -8,7 +8,7 @@ use tributary_config::{
     AclAction, Config, MqueueOverflow, Permission, SharedStrategy, SubscribeDeniedReason,
 };
 use tributary_core::auth::{
-    AclRule, AllowAll, Permission as CorePermission, RuleAction, RuleAuthorizer, Who,
+    AclRule, AnonymousGate, Permission as CorePermission, RuleAction, RuleAuthorizer, Who,
 };
 use tributary_core::cluster::SingleNode;
 use tributary_core::session::{Overflow, QueueLimits};
@@ -47,10 +47,13 @@ pub fn broker(config: &Config) -> Broker {
         max_retained_payload: config.retainer.max_payload_size as usize,
         max_session_expiry: secs_u32(m.max_session_expiry),
         upgrade_qos: m.upgrade_qos,
+        sys_node: (!config.node.sys_interval.is_zero()).then(|| config.node.name.as_str().into()),
     };
     Broker::with_seams(
         broker_config,
-        Box::new(AllowAll),
+        Box::new(AnonymousGate {
+            allow_anonymous: config.authentication.allow_anonymous,
+        }),
         Box::new(authorizer(config)),
         Box::new(MemoryPersistence),
         Box::new(SingleNode),
@@ -147,5 +150,68 @@ pub fn mqtt_channel(config: &Config) -> Arc<ChannelConfig> {
         },
         retry_interval: m.retry_interval,
         await_rel_timeout: m.await_rel_timeout,
+    })
+}
+
+/// MQTT-SN channel settings for `config` (`[mqttsn]`, with session and
+/// QoS 2 bounds shared with `[mqtt]`).
+pub fn mqttsn_channel(config: &Config) -> Arc<tributary_mqttsn::channel::ChannelConfig> {
+    let sn = &config.mqttsn;
+    let predefined = tributary_mqttsn::topics::Predefined::new(
+        sn.predefined.iter().map(|p| (p.id, p.topic.clone())),
+    );
+    Arc::new(tributary_mqttsn::channel::ChannelConfig {
+        gateway_id: sn.gateway_id,
+        mountpoint: sn.mountpoint.clone(),
+        predefined: Arc::new(predefined),
+        enable_qos3: sn.enable_qos3,
+        retry_interval: sn.retry_interval,
+        max_retries: sn.max_retries,
+        idle_timeout: sn.idle_timeout,
+        keepalive_multiplier: config.mqtt.keepalive_multiplier,
+        max_inflight: sn.max_inflight,
+        max_registered_topics: sn.max_registered_topics as usize,
+        max_awaiting_rel: config.mqtt.max_awaiting_rel as usize,
+        await_rel_timeout: config.mqtt.await_rel_timeout,
+        session_expiry: secs_u32(config.mqtt.max_session_expiry),
+        max_clientid_len: usize::from(sn.max_clientid_len),
+    })
+}
+
+/// CoAP channel settings for `config` (`[coap]`).
+pub fn coap_channel(config: &Config) -> Arc<tributary_coap::ChannelConfig> {
+    use tributary_coap::{NotifyType, QosPolicy};
+    use tributary_config::{CoapNotifyType, CoapQos};
+    let c = &config.coap;
+    let qos = |q: CoapQos| match q {
+        CoapQos::Coap => QosPolicy::Coap,
+        CoapQos::Qos0 => QosPolicy::Fixed(tributary_core::QoS::AtMostOnce),
+        CoapQos::Qos1 => QosPolicy::Fixed(tributary_core::QoS::AtLeastOnce),
+        CoapQos::Qos2 => QosPolicy::Fixed(tributary_core::QoS::ExactlyOnce),
+    };
+    Arc::new(tributary_coap::ChannelConfig {
+        mountpoint: c.mountpoint.clone(),
+        connection_required: c.connection_required,
+        notify_type: match c.notify_type {
+            CoapNotifyType::Qos => NotifyType::Qos,
+            CoapNotifyType::Con => NotifyType::Con,
+            CoapNotifyType::Non => NotifyType::Non,
+        },
+        publish_qos: qos(c.publish_qos),
+        subscribe_qos: qos(c.subscribe_qos),
+        heartbeat: c.heartbeat,
+        max_observers: c.max_observers as usize,
+        notify_queue_len: c.notify_queue_len as usize,
+        block_szx: tributary_coap::block::szx_for(c.block_size as usize).unwrap_or(6),
+        max_body_size: c.max_body_size as usize,
+        max_block_transfers: 4,
+        transmission: tributary_coap::TransmissionParams {
+            ack_timeout: c.ack_timeout,
+            ack_random_factor: c.ack_random_factor,
+            max_retransmit: c.max_retransmit,
+            exchange_lifetime: c.exchange_lifetime,
+            non_lifetime: c.non_lifetime,
+            max_dedup: c.max_dedup_entries as usize,
+        },
     })
 }

@@ -2,8 +2,12 @@
 
 `broker` starts a fresh broker per test (it starts in milliseconds, and a
 fresh one means no retained message or session leaks between tests).
-`start_broker(**env)` starts one with extra environment overrides.
+`start_broker(env={...}, config="toml")` starts one with overrides or a config file.
 On failure the broker's log (debug level) is attached to the report.
+
+Run (after `cargo build -p tributary`):
+    target/interop-venv/bin/python -m pytest -q interop-tests/python
+TRIBUTARY_BIN overrides the binary (default: target/debug/tributary of this repository).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import rawmqtt
-from clients import Client
+from clients import V311, Client
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(os.environ.get("TRIBUTARY_BIN", REPO / "target" / "debug" / "tributary"))
@@ -48,6 +52,8 @@ class Broker:
         full_env = dict(os.environ)
         full_env.update({
             "TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND": f"127.0.0.1:{self.port}",
+            # Concurrent brokers must not fight over the MQTT-SN UDP port.
+            "TRIBUTARY__MQTTSN__BIND": "127.0.0.1:0",
             "TRIBUTARY__LOG__LEVEL": "debug",
             "NO_COLOR": "1",
         })
@@ -150,9 +156,8 @@ def client(request):
     """Factory: client(port, client_id, version, ...) -> clients.Client, closed at teardown."""
     made: list[Client] = []
 
-    def make(port: int, client_id: str = "", version=None, **kw) -> Client:
-        from clients import V311
-        c = Client(port, client_id, V311 if version is None else version, **kw)
+    def make(port: int, client_id: str = "", version=V311, **kw) -> Client:
+        c = Client(port, client_id, version, **kw)
         made.append(c)
         return c
 

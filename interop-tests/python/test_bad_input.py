@@ -330,7 +330,9 @@ def test_qos2_duplicate_publish_delivered_once(port, raw, client, version):
     # [MQTT-4.3.3-9/10] (method B): a resent QoS 2 PUBLISH before PUBREL is not routed again.
     w = client(port, "w", V311)
     w.connect()
-    w.subscribe("q2dup/#", 2)
+    # QoS 1 on purpose: paho hands a QoS 2 message to the application only at PUBREL, so a QoS 1
+    # marker could overtake it.
+    w.subscribe("q2dup/#", 1)
     c = connected(port, raw, version)
     c.publish("q2dup/t", b"once", qos=2, packet_id=9)
     assert c.expect(rawmqtt.PUBREC).body[:2] == b"\x00\x09"
@@ -428,7 +430,64 @@ def test_client_that_never_reads_does_not_block_others(port, raw, client, bystan
     bystander.check()
 
 
-def test_struct_sanity():
+def test_rawmqtt_varint_helper():
     assert rawmqtt.varint(200_000_000) == bytes([0x80, 0x84, 0xAF, 0x5F])
     assert rawmqtt.read_varint(b"\x00" + rawmqtt.varint(268_435_455), 1) == (268_435_455, 5)
     assert struct.pack("!H", 77) == b"\x00\x4d"
+
+
+# ---------------------------------------------------------------- more header and property checks
+
+@pytest.mark.parametrize("prop", [
+    [(rawmqtt.RECEIVE_MAXIMUM, 0)],                                # §3.1.2.11.3
+    [(rawmqtt.MAXIMUM_PACKET_SIZE, 0)],                            # §3.1.2.11.4
+    [(rawmqtt.SESSION_EXPIRY, 5), (rawmqtt.SESSION_EXPIRY, 5)],    # §3.1.2.11.2
+    [(rawmqtt.REQUEST_PROBLEM_INFO, 2)],                           # §3.1.2.11.7
+], ids=["receive-max-0", "max-packet-0", "duplicate-session-expiry", "rpi-2"])
+def test_v5_invalid_connect_properties_refused(port, raw, prop):
+    # Protocol Errors in CONNECT: CONNACK with a reason code >= 0x80 (0x82 or 0x81), then close.
+    c = raw(port, rawmqtt.V5)
+    c.send(rawmqtt.connect(rawmqtt.V5, client_id="props", props=prop))
+    packets = c.read_until_closed(3)
+    assert all(p.type == rawmqtt.CONNACK and p.body[1] in (MALFORMED, PROTOCOL_ERROR) for p in packets), packets
+
+
+@RAW_MODERN
+def test_will_topic_with_wildcard_refused(port, raw, version):
+    # [MQTT-3.1.3-11] the Will Topic is a UTF-8 topic name; wildcards are not allowed in topic names.
+    c = raw(port, version)
+    c.send(rawmqtt.connect(version, client_id="wildwill", will=rawmqtt.Will("will/#", b"x")))
+    packets = c.read_until_closed(3)
+    assert all(p.type == rawmqtt.CONNACK and p.body[1] != 0 for p in packets), packets
+
+
+@RAW_MODERN
+def test_pubrel_with_wrong_flags_closes(port, raw, version):
+    # [MQTT-3.6.1-1]: PUBREL fixed header flags must be 0010.
+    c = connected(port, raw, version)
+    c.publish("pr/t", b"x", qos=2, packet_id=5)
+    c.expect(rawmqtt.PUBREC)
+    c.send(rawmqtt.packet(rawmqtt.PUBREL, 0, b"\x00\x05"))
+    assert_rejected(c, version, [MALFORMED])
+
+
+@RAW_MODERN
+def test_unsubscribe_with_wrong_flags_closes(port, raw, version):
+    # [MQTT-3.10.1-1]: UNSUBSCRIBE fixed header flags must be 0010.
+    c = connected(port, raw, version)
+    body = b"\x00\x03" + (b"\x00" if version == rawmqtt.V5 else b"") + rawmqtt.string("a/b")
+    c.send(rawmqtt.packet(rawmqtt.UNSUBSCRIBE, 0, body))
+    assert_rejected(c, version, [MALFORMED])
+
+
+@RAW_MODERN
+def test_reserved_packet_type_closes(port, raw, version):
+    c = connected(port, raw, version)
+    c.send(b"\x00\x00")  # packet type 0 is reserved
+    assert_rejected(c, version, [MALFORMED, PROTOCOL_ERROR])
+
+
+def test_v311_auth_packet_closes(port, raw):
+    c = connected(port, raw, rawmqtt.V311)
+    c.send(rawmqtt.packet(rawmqtt.AUTH, 0, b""))  # AUTH does not exist before MQTT 5
+    assert c.read_until_closed(3) == []

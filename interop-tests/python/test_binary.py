@@ -5,13 +5,14 @@ import re
 import signal
 import socket
 import subprocess
+import time
 import tomllib
 
 import pytest
 
 import rawmqtt
 from clients import V5
-from conftest import BIN
+from conftest import BIN, free_port
 
 
 def run(*args, config_text=None, env=None, tmp_path=None):
@@ -46,25 +47,20 @@ def test_check_config_accepts_default_config(default_config, tmp_path):
 
 
 def test_broker_runs_with_printed_default_config(default_config, tmp_path):
-    port = socket.socket()
-    port.bind(("127.0.0.1", 0))
-    p = port.getsockname()[1]
-    port.close()
-    text = default_config.replace('bind = "0.0.0.0:1883"', f'bind = "127.0.0.1:{p}"')
+    port = free_port()
     cfg = tmp_path / "d.toml"
-    cfg.write_text(text)
+    cfg.write_text(default_config.replace('bind = "0.0.0.0:1883"', f'bind = "127.0.0.1:{port}"'))
     proc = subprocess.Popen([str(BIN), "--config", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             env={k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")})
     try:
-        import time
         deadline = time.monotonic() + 10
         while True:
             try:
-                c = rawmqtt.RawClient(p, rawmqtt.V311)
+                c = rawmqtt.RawClient(port, rawmqtt.V311)
                 break
             except OSError:
                 assert proc.poll() is None, proc.stderr.read()
-                assert time.monotonic() < deadline
+                assert time.monotonic() < deadline, "broker did not listen"
                 time.sleep(0.01)
         assert c.connect(client_id="cfg").rc == 0
         c.close()

@@ -1,5 +1,6 @@
 """Session takeover, persistent sessions, session expiry, shared subscriptions."""
 
+import queue
 import time
 
 import pytest
@@ -238,12 +239,14 @@ def test_shared_subscription_round_robin(port, client, version):
 
     assert sorted(int(m.payload) for m in plain.expect_n(n)) == list(range(n))
     # Each message goes to exactly one member of the group (MQTT 5 §4.8.2).
-    got = []
+    got = []  # (member index, payload)
     deadline = time.monotonic() + 5
     while len(got) < n and time.monotonic() < deadline:
         for i, m in enumerate(members):
-            while not m.messages.empty():
-                got.append((i, int(m.messages.get().payload)))
+            try:
+                got.append((i, int(m.messages.get(timeout=0.02).payload)))
+            except queue.Empty:
+                pass
     assert sorted(p for _, p in got) == list(range(n)), got
     for m in members:
         m.assert_nothing(0.1)
@@ -433,14 +436,18 @@ def test_max_inflight_window_for_v311(start_broker, raw, client):
     assert [p.payload for p in first + rest] == [b"0", b"1", b"2", b"3"]
 
 
-def test_upgrade_qos(start_broker, client):
+@pytest.mark.parametrize("sub_qos,pub_qos", [(2, 0), (1, 0), (1, 2)])
+def test_upgrade_qos(start_broker, client, sub_qos, pub_qos):
+    # upgrade_qos = true delivers at the subscription's QoS, as EMQX's `upgrade_qos` ("force
+    # upgrade of QoS level according to subscription"). NB default.toml describes it
+    # differently ("Deliver at the publish QoS even when the subscription's QoS is lower").
     b = start_broker({"TRIBUTARY__MQTT__UPGRADE_QOS": "true"})
     sub, pub = client(b.port, "s", V311), client(b.port, "p", V311)
     sub.connect()
     pub.connect()
-    sub.subscribe("up/t", 0)
-    pub.publish("up/t", b"x", 2)
-    assert sub.expect().qos == 2
+    sub.subscribe("up/t", sub_qos)
+    pub.publish("up/t", b"x", pub_qos)
+    assert sub.expect().qos == sub_qos
 
 
 def test_v5_queued_messages_respect_receive_maximum_and_packet_size(port, raw, client):
@@ -516,3 +523,18 @@ def test_will_delivered_to_offline_persistent_subscriber(port, raw, client):
         except AssertionError:
             assert time.monotonic() < deadline, "will not delivered to the persistent session"
             back.disconnect()
+
+
+def test_v311_takeover_with_clean_session_discards_subscriptions(port, raw, client):
+    first = raw(port, rawmqtt.V311)
+    assert first.connect(client_id="tkc", clean=False).rc == 0
+    first.subscribe([("tkc/t", 1)])
+    second = raw(port, rawmqtt.V311)
+    ack = second.connect(client_id="tkc", clean=True)
+    assert (ack.rc, ack.session_present) == (0, False)
+    assert first.read_until_closed() == []
+    pub = client(port, "pub", V311)
+    pub.connect()
+    pub.publish("tkc/t", b"old subscription", 1)
+    with pytest.raises(TimeoutError):
+        second.read(0.3)

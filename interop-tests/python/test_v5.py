@@ -8,7 +8,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 import rawmqtt
-from clients import V5, props
+from clients import V311, V5, props
 
 
 def connect_props(**kw):
@@ -110,7 +110,6 @@ def test_properties_kept_in_retained_message(port, client):
 
 
 def test_properties_reach_v311_subscriber_as_plain_message(port, client):
-    from clients import V311
     sub = client(port, "old", V311)
     sub.connect()
     sub.subscribe("mix/t", 1)
@@ -416,3 +415,96 @@ def test_auth_packet_without_authentication_method(port, raw):
     r.send(rawmqtt.packet(rawmqtt.AUTH, 0, bytes([0x18, 0x00])))
     assert [(p.type, rawmqtt.reason_code(p)) for p in r.read_until_closed()] == [(rawmqtt.DISCONNECT, 0x82)]
 
+
+
+def test_server_maximum_packet_size_boundary(start_broker, raw):
+    # Maximum Packet Size is the total packet size, fixed header included (MQTT 5 §3.2.2.3.6).
+    b = start_broker({"TRIBUTARY__MQTT__MAX_PACKET_SIZE": "1024"})
+    for total, accepted in ((1024, True), (1025, False)):
+        r = raw(b.port, rawmqtt.V5)
+        r.connect(client_id=f"edge{total}")
+        # 1 (type) + 2 (remaining length) + 3 (topic "t") + 1 (no properties) + payload
+        pkt = rawmqtt.publish("t", b"x" * (total - 7), version=rawmqtt.V5)
+        assert len(pkt) == total
+        r.send(pkt + rawmqtt.packet(rawmqtt.PINGREQ, 0, b""))
+        if accepted:
+            assert r.read().type == rawmqtt.PINGRESP
+        else:
+            assert [(p.type, rawmqtt.reason_code(p)) for p in r.read_until_closed()] == [(rawmqtt.DISCONNECT, 0x95)]
+
+
+def test_client_maximum_packet_size_boundary(port, raw, client):
+    s = raw(port, rawmqtt.V5)
+    s.connect(client_id="edge", props=[(rawmqtt.MAXIMUM_PACKET_SIZE, 100)])
+    s.subscribe([("m/t", 0)])
+    pub = client(port, "pub", V5)
+    pub.connect()
+    # PUBLISH to the subscriber: 1 + 1 + 5 ("m/t") + 1 (properties) + payload = 8 + payload.
+    for n in (91, 92, 93, 94):
+        pub.publish("m/t", b"y" * n, 0)
+    pub.publish("m/t", b"end", 0)
+    sizes = []
+    while True:
+        p = s.expect_publish()
+        if p.payload == b"end":
+            break
+        sizes.append(len(p.payload))
+    assert sizes == [91, 92]
+
+
+@pytest.mark.parametrize("requested,announced", [(120, 60), (0, 60), (5, None)])
+def test_max_keep_alive_caps_client_keep_alive(start_broker, raw, requested, announced):
+    # mqtt.max_keep_alive: a longer or zero keep-alive is cut to the cap and announced as
+    # Server Keep Alive; a shorter one is kept (no property) [MQTT-3.2.2-21].
+    b = start_broker({"TRIBUTARY__MQTT__MAX_KEEP_ALIVE": "60"})
+    ack = raw(b.port, rawmqtt.V5).connect(client_id=f"cap{requested}", keepalive=requested)
+    assert ack.props.get(rawmqtt.SERVER_KEEP_ALIVE) == announced
+
+
+def test_disconnect_setting_session_expiry_after_zero_is_protocol_error(port, raw, client):
+    # [MQTT-3.14.2-2]: Session Expiry 0 in CONNECT and non-zero in DISCONNECT is a Protocol
+    # Error: the server answers DISCONNECT 0x82, and as the DISCONNECT was not valid the will
+    # is published.
+    w = client(port, "w", V5)
+    w.connect()
+    w.subscribe("sei/will", 1)
+    c = raw(port, rawmqtt.V5)
+    assert c.connect(client_id="sei-err", will=rawmqtt.Will("sei/will", b"not a clean goodbye", 1)).rc == 0
+    c.disconnect(0, [(rawmqtt.SESSION_EXPIRY, 60)])
+    assert [(p.type, rawmqtt.reason_code(p)) for p in c.read_until_closed()] == [(rawmqtt.DISCONNECT, 0x82)]
+    assert w.expect(3).payload == b"not a clean goodbye"
+
+
+def test_pubrec_with_error_reason_ends_qos2_flow(port, raw, client):
+    # MQTT 5 §4.3.3: a PUBREC with Reason Code >= 0x80 ends the exchange: no PUBREL, and the
+    # slot counts as acknowledged for Receive Maximum [MQTT-3.3.4-9].
+    s = raw(port, rawmqtt.V5)
+    s.connect(client_id="rec-err", props=[(rawmqtt.RECEIVE_MAXIMUM, 1)])
+    s.subscribe([("recerr/t", 2)])
+    pub = client(port, "pub", V5)
+    pub.connect()
+    pub.publish("recerr/t", b"refused", 2)
+    pub.publish("recerr/t", b"next", 2)
+    p = s.expect_publish()
+    assert p.payload == b"refused"
+    s.send(rawmqtt.packet(rawmqtt.PUBREC, 0, p.packet_id.to_bytes(2, "big") + b"\x80"))
+    nxt = s.expect_publish()  # not a PUBREL
+    assert nxt.payload == b"next"
+
+
+def test_message_expires_while_waiting_for_the_inflight_window(port, raw, client):
+    # [MQTT-3.3.2-5]: a message whose expiry passes before onward delivery starts is not sent,
+    # also when it waits behind a full Receive Maximum window of a connected client.
+    s = raw(port, rawmqtt.V5)
+    s.connect(client_id="window", props=[(rawmqtt.RECEIVE_MAXIMUM, 1)])
+    s.subscribe([("win/t", 1)])
+    pub = client(port, "pub", V5)
+    pub.connect()
+    pub.publish("win/t", b"first", 1)
+    pub.publish("win/t", b"expiring", 1, properties=props(MessageExpiryInterval=1))
+    pub.publish("win/t", b"third", 1)
+    first = s.expect_publish()
+    assert first.payload == b"first"
+    time.sleep(1.6)  # hold the window past the 1 s expiry
+    s.send(rawmqtt.ack(rawmqtt.PUBACK, first.packet_id))
+    assert s.expect_publish().payload == b"third"

@@ -123,6 +123,8 @@ impl TestBroker {
             let mut command = Command::new(&binary);
             command
                 .env("TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND", addr.to_string())
+                // Concurrent brokers must not fight over the MQTT-SN UDP port.
+                .env("TRIBUTARY__MQTTSN__BIND", "127.0.0.1:0")
                 // The log goes to a file: no colour escapes.
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())

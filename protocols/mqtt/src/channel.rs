@@ -72,8 +72,8 @@ pub struct ChannelConfig {
     pub connect_timeout: Duration,
     /// Session expiry used for 3.x persistent sessions, seconds.
     pub v3_session_expiry: u32,
-    /// Close the connection (instead of silently dropping) on a denied
-    /// publish from a 3.x client.
+    /// Close the connection on a denied publish (instead of PUBACK/PUBREC
+    /// 0x87 for MQTT 5, or silently dropping it for 3.x).
     pub disconnect_on_denied_publish: bool,
     /// SUBACK reason for a denied MQTT 5 subscription (0x87 or 0x80).
     pub subscribe_denied_reason: u8,
@@ -727,7 +727,7 @@ impl Channel {
         let allowed = self.broker.authorize(&client, Action::Publish, &topic);
         if !allowed {
             debug!(client_id = %client.client_id, topic = %topic, "publish denied");
-            if !v5 && self.config.disconnect_on_denied_publish {
+            if self.config.disconnect_on_denied_publish {
                 return self.violation(rc::NOT_AUTHORIZED, "publish not authorized");
             }
         }

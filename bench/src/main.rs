@@ -1,0 +1,272 @@
+//! `tributary-bench`: the command line around the library.
+//!
+//! Each scenario subcommand runs once, prints progress lines and a table on
+//! stderr and one JSON line on stdout. `summarize` turns a JSON-lines file
+//! of many runs into medians and ratios.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tributary_bench::options::{parse_qos, Protocol};
+use tributary_bench::{
+    parse_duration, resolve_loopback, run_conns, run_traffic, summary, BenchResult, ConnsOptions,
+    Shape, TrafficOptions,
+};
+use tributary_mqtt::packet::QoS;
+
+/// Load generator for MQTT brokers (loopback targets only).
+#[derive(Debug, Parser)]
+#[command(name = "tributary-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Point-to-point: N publishers each with its own topic and subscriber.
+    P2p {
+        /// Publisher/subscriber pairs.
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fan-in: many publishers on distinct topics, few subscribers on a
+    /// wildcard (or one shared subscription).
+    Fanin {
+        /// Publishers.
+        #[arg(long, default_value_t = 100)]
+        publishers: usize,
+        /// Subscribers.
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        /// Subscribe through `$share/<group>/...` (each message to one
+        /// subscriber of the group).
+        #[arg(long)]
+        shared: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Fan-out: one topic, many subscribers each receiving every message.
+    Fanout {
+        /// Subscribers.
+        #[arg(long, default_value_t = 50)]
+        subscribers: usize,
+        /// Publishers (all on the same topic).
+        #[arg(long, default_value_t = 1)]
+        publishers: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Connection scale: K idle connections with keep-alive.
+    Conns {
+        /// Connections to open.
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// Loopback source addresses 127.0.0.1..=127.0.0.N (about 28000
+        /// connections per address).
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
+        /// Hold the connections idle this long before the final sample.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        hold: Duration,
+        /// Connects in progress at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Keep-alive in seconds (a PINGREQ every half).
+        #[arg(long, default_value_t = 60)]
+        keep_alive: u16,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Medians, min–max and ratios over a JSON-lines file of results.
+    Summarize {
+        /// The JSON-lines file.
+        file: PathBuf,
+        /// Label of the broker the ratios are computed for.
+        #[arg(long, default_value = "tributary")]
+        baseline: String,
+    },
+}
+
+/// Where the broker is and what to call the result.
+#[derive(Debug, Args)]
+struct Target {
+    /// Broker address: a loopback IP (127.0.0.0/8, ::1) or localhost.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    port: u16,
+    /// MQTT version: 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1")]
+    protocol: Protocol,
+    /// Broker PID: sample its CPU time and RSS from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Broker label copied into the result.
+    #[arg(long, default_value = "broker")]
+    label: String,
+    /// Scenario name copied into the result (default: the subcommand).
+    #[arg(long)]
+    name: Option<String>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Options of the message scenarios.
+#[derive(Debug, Args)]
+struct Common {
+    #[command(flatten)]
+    target: Target,
+    /// QoS of publishes and subscriptions: 0, 1 or 2.
+    #[arg(long, default_value = "0", value_parser = parse_qos)]
+    qos: QoS,
+    /// Payload bytes (at least 16: sequence, publisher id, timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Aggregate publish rate in msgs/s, split evenly over the publishers
+    /// and paced per publisher. Omit for flat out.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publishing before the window (not measured, checked for loss).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Unacknowledged QoS 1/2 publishes per publisher (MQTT 5: capped by
+    /// the broker's Receive Maximum).
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// Most PUBLISH packets per socket write.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Keep-alive in seconds.
+    #[arg(long, default_value_t = 60)]
+    keep_alive: u16,
+    /// Longest wait for acks and deliveries after publishing stops.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Loopback source addresses to spread connections over.
+    #[arg(long, default_value_t = 1)]
+    sources: usize,
+}
+
+impl Common {
+    fn options(&self) -> anyhow::Result<TrafficOptions> {
+        let t = &self.target;
+        let mut o = TrafficOptions::new(resolve_loopback(&t.host, t.port)?);
+        o.protocol = t.protocol;
+        o.qos = self.qos;
+        o.payload = self.payload;
+        o.rate = self.rate;
+        o.duration = self.duration;
+        o.warmup = self.warmup;
+        o.inflight = self.inflight;
+        o.batch = self.batch;
+        o.keep_alive = self.keep_alive;
+        o.drain_timeout = self.drain_timeout;
+        o.sources = self.sources;
+        o.broker_pid = t.broker_pid;
+        o.label = t.label.clone();
+        o.name = t.name.clone();
+        o.progress = !t.quiet;
+        o.validate()?;
+        Ok(o)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Summarize { file, baseline } = &cli.command {
+        return match summary::load(file) {
+            Ok(results) => {
+                print!("{}", summary::table(&results, baseline));
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tributary-bench: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tributary-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(result) => {
+            eprint!("{}", result.table());
+            println!("{}", result.to_json_line());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tributary-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<BenchResult> {
+    match command {
+        Command::P2p { pairs, common } => {
+            run_traffic(Shape::P2p { pairs }, &common.options()?).await
+        }
+        Command::Fanin {
+            publishers,
+            subscribers,
+            shared,
+            common,
+        } => {
+            let shape = Shape::FanIn {
+                publishers,
+                subscribers,
+                shared,
+            };
+            run_traffic(shape, &common.options()?).await
+        }
+        Command::Fanout {
+            subscribers,
+            publishers,
+            common,
+        } => {
+            let shape = Shape::FanOut {
+                publishers,
+                subscribers,
+            };
+            run_traffic(shape, &common.options()?).await
+        }
+        Command::Conns {
+            count,
+            sources,
+            hold,
+            concurrency,
+            keep_alive,
+            target,
+        } => {
+            let mut o = ConnsOptions::new(resolve_loopback(&target.host, target.port)?, count);
+            o.protocol = target.protocol;
+            o.sources = sources;
+            o.hold = hold;
+            o.concurrency = concurrency;
+            o.keep_alive = keep_alive;
+            o.broker_pid = target.broker_pid;
+            o.label = target.label;
+            o.name = target.name;
+            o.progress = !target.quiet;
+            run_conns(&o).await
+        }
+        Command::Summarize { .. } => anyhow::bail!("summarize runs without a runtime"),
+    }
+}
