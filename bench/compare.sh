@@ -26,6 +26,7 @@ root=$(pwd)
 if [ "${QUICK:-0}" = 1 ]; then
   : "${ROUNDS:=1}" "${DURATION:=2s}" "${WARMUP:=1s}" "${CONNS:=2000}" "${CONN_HOLD:=2s}"
   : "${FANIN_PUBLISHERS:=20}" "${FANOUT_SUBSCRIBERS:=10}" "${PAIRS:=4}"
+  : "${EXTRA_ARGS:=--drain-timeout 3s}"
 fi
 ROUNDS=${ROUNDS:-3}                     # rounds per (scenario, broker)
 DURATION=${DURATION:-10s}               # measured window per run
@@ -50,6 +51,7 @@ PORT_TRIBUTARY=${PORT_TRIBUTARY:-18831}
 PORT_MOSQUITTO=${PORT_MOSQUITTO:-18832}
 PORT_RUMQTTD=${PORT_RUMQTTD:-18833}     # v4 listener; v5 listener on +1
 EXTRA_ARGS=${EXTRA_ARGS:-}              # appended to every message scenario
+SKIP_BUILD=${SKIP_BUILD:-0}             # 1: use the existing release binaries
 
 peers="$root/target/bench-peers"
 results_dir="$root/target/bench-results"
@@ -84,7 +86,13 @@ if [ ! -x "$peers/bin/rumqttd" ]; then
   cargo install rumqttd --root "$peers"
 fi
 gcc -O2 -Wall -shared -fPIC -o "$peers/nodelay_shim.so" bench/nodelay_shim.c -ldl
-cargo build --release --locked -p tributary -p tributary-bench
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+  # Reuse the release binaries already built (e.g. while the tree does
+  # not compile, or to pin the binaries across several invocations).
+  test -x target/release/tributary && test -x target/release/tributary-bench
+else
+  cargo build --release --locked -p tributary -p tributary-bench
+fi
 bench_bin="$root/target/release/tributary-bench"
 tributary_bin="$root/target/release/tributary"
 
@@ -184,6 +192,10 @@ start_broker() {
       TRIBUTARY__LOG__LEVEL=warn \
       TRIBUTARY__NODE__SYS_INTERVAL=0s \
       TRIBUTARY__MQTT__MAX_MQUEUE_LEN="$QUEUE" \
+      TRIBUTARY__MQTTSN__BIND=127.0.0.1:0 \
+      TRIBUTARY__COAP__BIND=127.0.0.1:0 \
+      TRIBUTARY__STOMP__BIND=127.0.0.1:0 \
+      TRIBUTARY__STOMP__WS_BIND=127.0.0.1:0 \
       NO_COLOR=1 \
         "${pin_broker[@]}" "$tributary_bin" >>"$tmp/broker.log" 2>&1 &
       ;;

@@ -150,7 +150,7 @@ struct Common {
     #[arg(long, default_value_t = 60)]
     keep_alive: u16,
     /// Longest wait for acks and deliveries after publishing stops.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     drain_timeout: Duration,
     /// Loopback source addresses to spread connections over.
     #[arg(long, default_value_t = 1)]

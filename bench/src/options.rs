@@ -209,7 +209,7 @@ impl TrafficOptions {
             inflight: 64,
             batch: 64,
             keep_alive: 60,
-            drain_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
             sources: 1,
             broker_pid: None,
             label: String::from("broker"),

@@ -75,6 +75,13 @@ pub struct BenchResult {
     pub sent: u64,
     /// Deliveries expected over the whole run (sent × receivers).
     pub expected: u64,
+    /// Seconds from the end of the window until the drain ended.
+    pub drain_s: f64,
+    /// How the drain ended: `complete` (every expected delivery arrived),
+    /// `quiet` (nothing arrived for a second: the rest is lost) or
+    /// `deadline` (still receiving at `--drain-timeout`: `lost` then
+    /// includes a backlog the broker had not delivered yet).
+    pub drain_end: String,
     /// Deliveries received over the whole run, duplicates included.
     pub received: u64,
     /// Publishes per second in the window.
@@ -140,14 +147,14 @@ impl BenchResult {
     pub fn table(&self) -> String {
         let mut rows: Vec<(String, String)> = Vec::new();
         let mut row = |k: &str, v: String| rows.push((k.to_owned(), v));
-        row(
-            "scenario",
-            format!(
-                "{} ({}) against {}, MQTT {}, QoS {}, {} B",
-                self.name, self.scenario, self.label, self.protocol, self.qos, self.payload
-            ),
-        );
         if self.scenario == "conns" {
+            row(
+                "scenario",
+                format!(
+                    "{} ({}) against {}, MQTT {}",
+                    self.name, self.scenario, self.label, self.protocol
+                ),
+            );
             row("connections", format!("{}", self.connections));
             row("connect failures", format!("{}", self.connect_failures));
             row("connect rate", format!("{:.0} conn/s", self.connect_rate));
@@ -171,6 +178,13 @@ impl BenchResult {
                 row("broker CPU / connect", format!("{v:.1} µs"));
             }
         } else {
+            row(
+                "scenario",
+                format!(
+                    "{} ({}) against {}, MQTT {}, QoS {}, {} B",
+                    self.name, self.scenario, self.label, self.protocol, self.qos, self.payload
+                ),
+            );
             row(
                 "clients",
                 format!(
@@ -220,6 +234,19 @@ impl BenchResult {
                     self.unacked
                 ),
             );
+            row(
+                "drain",
+                format!(
+                    "{:.1} s, {}{}",
+                    self.drain_s,
+                    self.drain_end,
+                    if self.drain_end == "deadline" {
+                        " (still receiving: `lost` includes the undelivered backlog)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
             if let Some(v) = self.broker_cpu_us_per_msg {
                 row("broker CPU / msg", format!("{v:.2} µs"));
             }
@@ -231,18 +258,20 @@ impl BenchResult {
         if let Some(v) = self.broker_cpu_s {
             row("broker CPU", format!("{v:.2} s"));
         }
-        row(
-            "bench CPU",
-            format!(
-                "{:.0} % of a core{}",
-                self.bench_cpu_util * 100.0,
-                if self.bench_cpu_util > 0.95 {
-                    " (the load generator may be the limit)"
-                } else {
-                    ""
-                }
-            ),
-        );
+        if self.scenario != "conns" {
+            row(
+                "bench CPU",
+                format!(
+                    "{:.0} % of a core{}",
+                    self.bench_cpu_util * 100.0,
+                    if self.bench_cpu_util > 0.95 {
+                        " (the load generator may be the limit)"
+                    } else {
+                        ""
+                    }
+                ),
+            );
+        }
         row("errors", format!("{}", self.errors));
         for e in &self.error_samples {
             row("  error", e.clone());

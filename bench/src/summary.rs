@@ -63,6 +63,11 @@ const METRICS: &[Metric] = &[
         get: |r| (r.scenario != "conns").then_some(r.out_of_order as f64),
     },
     Metric {
+        name: "drain cut (1 = yes)",
+        higher_is_better: false,
+        get: |r| (r.scenario != "conns").then_some(f64::from(u8::from(r.drain_end == "deadline"))),
+    },
+    Metric {
         name: "connections held",
         higher_is_better: true,
         get: |r| (r.scenario == "conns").then_some(r.connections as f64),

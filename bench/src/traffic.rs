@@ -376,7 +376,10 @@ pub async fn run_traffic(shape: Shape, opts: &TrafficOptions) -> anyhow::Result<
         .iter()
         .flat_map(|pubs| pubs.iter().map(|&p| u64::from(sent[p])))
         .sum();
-    wait_for_deliveries(&shared, expected).await;
+    let drain_end = wait_for_deliveries(&shared, expected).await;
+    let drain_s = Instant::now()
+        .saturating_duration_since(window_end)
+        .as_secs_f64();
     let _ = stop_tx.send(true);
     let mut sub_outcomes = Vec::with_capacity(n_subs);
     for (i, handle) in subscribers.into_iter().enumerate() {
@@ -413,6 +416,8 @@ pub async fn run_traffic(shape: Shape, opts: &TrafficOptions) -> anyhow::Result<
         warmup_s: opts.warmup.as_secs_f64(),
         sent: sent.iter().map(|&s| u64::from(s)).sum(),
         expected,
+        drain_s,
+        drain_end: drain_end.to_owned(),
         connections: (n_pubs + n_subs) as u64,
         connect_rate: (n_pubs + n_subs) as f64 / connect_elapsed.as_secs_f64().max(1e-9),
         unix_time: unix_time(),
@@ -574,21 +579,24 @@ async fn open_all(
 }
 
 /// Wait until `expected` deliveries arrived, no delivery came for
-/// [`QUIET`], or the drain deadline passed.
-async fn wait_for_deliveries(shared: &Shared, expected: u64) {
+/// [`QUIET`], or the drain deadline passed; says which.
+async fn wait_for_deliveries(shared: &Shared, expected: u64) -> &'static str {
     let mut last = shared.delivered.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
     loop {
         let now = Instant::now();
         let delivered = shared.delivered.load(Ordering::Relaxed);
-        if delivered >= expected || now >= shared.drain_deadline {
-            return;
+        if delivered >= expected {
+            return "complete";
+        }
+        if now >= shared.drain_deadline {
+            return "deadline";
         }
         if delivered != last {
             last = delivered;
             last_change = now;
         } else if now.duration_since(last_change) >= QUIET {
-            return;
+            return "quiet";
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

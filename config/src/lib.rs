@@ -34,22 +34,33 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod api;
 pub mod coap;
 pub mod duration;
+pub mod listeners;
 mod load;
 pub mod mqttsn;
 pub mod sections;
+pub mod security;
+pub mod stomp;
 mod validate;
 
+pub use api::{ApiConfig, ApiKey};
 pub use coap::{CoapConfig, CoapNotifyType, CoapQos};
 pub use duration::{format_duration, parse_duration, ParseDurationError};
+pub use listeners::{PeerCertAs, SslListener, TlsOptions, TlsVerify, WsListener, WssListener};
 pub use load::{ConfigError, ConfigProblem, ENV_PREFIX};
 pub use mqttsn::{AdvertiseConfig, MqttSnConfig, PredefinedTopic};
 pub use sections::{
-    AclAction, AclRule, AuthenticationConfig, AuthorizationConfig, DenyAction, LimitsConfig,
-    Listeners, LogConfig, MqttConfig, MqueueOverflow, NodeConfig, Permission, RetainerConfig,
+    AclAction, AclRule, AuthorizationConfig, DenyAction, LimitsConfig, Listeners, LogConfig,
+    LogFormat, MqttConfig, MqueueOverflow, NodeConfig, Permission, RateExceeded, RetainerConfig,
     SharedStrategy, SubscribeDeniedReason, TcpListener,
 };
+pub use security::{
+    AuthenticationConfig, BuiltInDatabase, ClientRule, ClientRulePermission, HttpAuth,
+    JwtAlgorithm, JwtAuth, JwtFrom,
+};
+pub use stomp::{SockJsConfig, StompConfig, StompUnacked};
 
 /// The whole configuration. Each field is a top-level TOML table of the same name.
 ///
@@ -78,6 +89,10 @@ pub struct Config {
     pub mqttsn: MqttSnConfig,
     /// `[coap]`: the CoAP gateway over UDP.
     pub coap: CoapConfig,
+    /// `[api]`: the HTTP API, metrics and health endpoint.
+    pub api: ApiConfig,
+    /// `[stomp]`: the STOMP gateway (TCP, WebSocket, SockJS).
+    pub stomp: StompConfig,
 }
 
 /// The commented default configuration file, printed by `tributary print-default-config`.

@@ -231,4 +231,33 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn loads_from_toml_and_reports_key_paths() {
+        let c = crate::Config::from_toml_str(
+            "[mqttsn]\nbind = 11884\nmountpoint = \"sn/\"\n\n[[mqttsn.predefined]]\nid = 3\ntopic = \"a/b\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.mqttsn.bind.port(), 11884);
+        assert_eq!(
+            c.mqttsn.predefined,
+            vec![PredefinedTopic {
+                id: 3,
+                topic: "a/b".into()
+            }]
+        );
+        let err = crate::Config::from_toml_str(
+            "[mqttsn]\nmax_clients = 0\nretry = 1\n[mqttsn.advertise]\ninterval = \"0s\"\n",
+        )
+        .expect_err("invalid");
+        let keys: Vec<_> = err.problems().iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "mqttsn.retry",
+                "mqttsn.max_clients",
+                "mqttsn.advertise.interval"
+            ]
+        );
+    }
 }

@@ -46,12 +46,26 @@ pub struct LogConfig {
     /// A level (`trace`, `debug`, `info`, `warn`, `error`) or a `tracing` `EnvFilter`
     /// directive string such as `"info,tributary_mqtt=debug"`. Default `"info"`.
     pub level: String,
+    /// `"text"` (human-readable lines) or `"json"` (one JSON object per line). Default `"text"`.
+    pub format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// `"text"`: human-readable lines (default).
+    #[default]
+    Text,
+    /// `"json"`: one JSON object per line.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: "info".to_owned(),
+            format: LogFormat::Text,
         }
     }
 }
@@ -205,12 +219,21 @@ impl Default for RetainerConfig {
 pub struct Listeners {
     /// MQTT over TCP listeners, keyed by name (`listeners.tcp.<name>`).
     pub tcp: BTreeMap<String, TcpListener>,
+    /// MQTT over TLS listeners (`listeners.ssl.<name>`), started when a certificate is set.
+    pub ssl: BTreeMap<String, crate::listeners::SslListener>,
+    /// MQTT over WebSocket listeners (`listeners.ws.<name>`).
+    pub ws: BTreeMap<String, crate::listeners::WsListener>,
+    /// MQTT over secure WebSocket listeners (`listeners.wss.<name>`), started when a certificate is set.
+    pub wss: BTreeMap<String, crate::listeners::WssListener>,
 }
 
 impl Default for Listeners {
     fn default() -> Self {
         Self {
             tcp: BTreeMap::from([("default".to_owned(), TcpListener::default())]),
+            ssl: crate::listeners::default_ssl(),
+            ws: crate::listeners::default_ws(),
+            wss: crate::listeners::default_wss(),
         }
     }
 }
@@ -227,6 +250,8 @@ pub struct TcpListener {
     pub bind: SocketAddr,
     /// Most concurrent connections on this listener; further accepts are closed at once. At least 1. Default 1024000.
     pub max_connections: u32,
+    /// Most new connections accepted per second; further ones are closed at once. 0 = unlimited. Default 0.
+    pub max_conn_rate: u32,
     /// Set `TCP_NODELAY` on accepted sockets (lower latency for small packets). Default true.
     pub tcp_nodelay: bool,
 }
@@ -237,6 +262,7 @@ impl Default for TcpListener {
             enabled: true,
             bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 1883)),
             max_connections: 1_024_000,
+            max_conn_rate: 0,
             tcp_nodelay: true,
         }
     }
@@ -344,6 +370,9 @@ pub struct AuthorizationConfig {
     pub rules: Vec<AclRule>,
     /// SUBACK reason code for a denied subscription from an MQTT 5 client. Default `"not_authorized"` (0x87).
     pub subscribe_denied_reason: SubscribeDeniedReason,
+    /// ACL file in the syntax of EMQX's `acl.conf` (`{allow, {username, "u"}, publish, ["t/#"]}.`);
+    /// its rules are checked after `rules`. Empty = none. Default `""`.
+    pub file: String,
 }
 
 /// The MQTT 5 SUBACK reason code for a subscription the ACL denies.
@@ -364,6 +393,7 @@ impl Default for AuthorizationConfig {
             deny_action: DenyAction::Ignore,
             rules: Vec::new(),
             subscribe_denied_reason: SubscribeDeniedReason::NotAuthorized,
+            file: String::new(),
         }
     }
 }
@@ -394,34 +424,42 @@ pub struct AclRule {
     pub ipaddr: Option<String>,
 }
 
-/// `[authentication]`: who may connect.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthenticationConfig {
-    /// Accept clients that present no user name. Default true.
-    pub allow_anonymous: bool,
-}
-
-impl Default for AuthenticationConfig {
-    fn default() -> Self {
-        Self {
-            allow_anonymous: true,
-        }
-    }
-}
-
 /// `[limits]`: broker-wide bounds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Most concurrent client connections across all listeners. At least 1. Default 1024000.
     pub max_connections: u32,
+    /// Per-client PUBLISH packets per second (token bucket, burst of one second's worth). 0 = unlimited. Default 0.
+    pub messages_rate: u32,
+    /// Per-client bytes of PUBLISH per second (token bucket, burst of one second's worth). 0 = unlimited. Default 0.
+    pub bytes_rate: u32,
+    /// What a client over its rate gets: `"throttle"` (its input is paused until it is back within the rate)
+    /// or `"disconnect"` (MQTT 5 DISCONNECT 0x96, 3.x closed). Default `"throttle"`.
+    pub rate_exceeded: RateExceeded,
+    /// Most subscriptions one client may hold; further ones are refused (SUBACK 0x97 / 0x80). 0 = unlimited. Default 0.
+    pub max_subscriptions: u32,
+}
+
+/// What happens to a client that exceeds its message or byte rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateExceeded {
+    /// `"throttle"`: stop reading from the client until its bucket refills (default).
+    #[default]
+    Throttle,
+    /// `"disconnect"`: MQTT 5 DISCONNECT 0x96 (message rate too high); 3.x clients are closed.
+    Disconnect,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_connections: 1_024_000,
+            messages_rate: 0,
+            bytes_rate: 0,
+            rate_exceeded: RateExceeded::Throttle,
+            max_subscriptions: 0,
         }
     }
 }

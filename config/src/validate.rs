@@ -55,6 +55,10 @@ impl Config {
         p.at_least("limits.max_connections", self.limits.max_connections, 1);
         self.mqttsn.check(&mut p.0);
         p.0.extend(self.coap.problems());
+        p.0.extend(self.stomp.problems());
+        crate::listeners::check_listener_kinds(self, &mut p.0);
+        self.authentication.check(&mut p.0);
+        self.api.check(&mut p.0);
         p.0
     }
 
@@ -204,7 +208,7 @@ fn check_topic_filter(filter: &str) -> Result<(), String> {
 }
 
 /// Checks an address (`"10.0.0.1"`) or CIDR range (`"10.0.0.0/8"`, `"fd00::/8"`).
-fn check_ip_range(text: &str) -> Result<(), String> {
+pub(crate) fn check_ip_range(text: &str) -> Result<(), String> {
     let (addr, prefix) = match text.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (text, None),

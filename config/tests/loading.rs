@@ -77,7 +77,8 @@ fn documented_defaults() {
     assert!(default.enabled && default.tcp_nodelay);
     assert_eq!(c.listeners.tcp.len(), 1);
     assert_eq!(c.limits.max_connections, 1_024_000);
-    assert!(c.authentication.allow_anonymous);
+    assert_eq!(c.authentication.allow_anonymous, None);
+    assert!(c.authentication.anonymous_allowed());
 }
 
 /// Every key of the default config appears, uncommented, in default.toml (and
@@ -126,8 +127,13 @@ fn serialized_default_round_trips() {
 #[test]
 fn paho_conformance_config() {
     let c = parse(include_str!("../paho-conformance.toml"));
-    assert_eq!(c.mqtt.server_keep_alive, Some(60));
+    assert_eq!(c.mqtt.server_keep_alive, None);
+    assert_eq!(c.mqtt.max_keep_alive, Some(60));
     assert_eq!(c.mqtt.receive_maximum, 32);
+    assert_eq!(
+        c.authorization.subscribe_denied_reason,
+        tributary_config::SubscribeDeniedReason::Unspecified
+    );
     assert_eq!(c.authorization.no_match, Permission::Allow);
     let [rule] = c.authorization.rules.as_slice() else {
         panic!("{:?}", c.authorization.rules)

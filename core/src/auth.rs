@@ -1,8 +1,18 @@
 //! Authentication and authorization seams, shared by every protocol, and
 //! the built-in rule-based authorizer (first matching rule wins, in the
 //! spirit of EMQX's `acl.conf`).
+//!
+//! Authentication has a synchronous entry ([`Authenticator::authenticate`])
+//! and one that may answer later ([`Authenticator::check`], returning
+//! [`AuthCheck::Pending`] with a future the connection's driver awaits, for
+//! backends that ask a remote service). Protocol channels stay sans-IO: they
+//! hand the future to their driver and resume when it resolves. MQTT 5
+//! enhanced authentication (§4.12) is a sequence of [`EnhancedAuth::step`]s
+//! obtained from [`Authenticator::enhanced`]. See ADR 0006.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 
 use crate::session::ClientInfo;
 use crate::topic::matches;
@@ -18,10 +28,78 @@ pub enum AuthOutcome {
     NotAuthorized,
 }
 
+/// An authentication decision still being made (a remote backend, say).
+/// It owns everything it needs (`'static`) and is awaited by the driver.
+pub type AuthFuture = Pin<Box<dyn Future<Output = AuthOutcome> + Send + 'static>>;
+
+/// The answer of [`Authenticator::check`].
+pub enum AuthCheck {
+    /// Decided now.
+    Ready(AuthOutcome),
+    /// Decided when the future resolves.
+    Pending(AuthFuture),
+}
+
+impl std::fmt::Debug for AuthCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthCheck::Ready(o) => f.debug_tuple("Ready").field(o).finish(),
+            AuthCheck::Pending(_) => f.write_str("Pending"),
+        }
+    }
+}
+
+/// One step of an enhanced authentication exchange (MQTT 5 AUTH, §4.12).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnhancedStep {
+    /// Send this to the client (AUTH 0x18, Continue authentication) and wait.
+    Continue(Vec<u8>),
+    /// Authenticated as `username`; `data` (if any) goes in the CONNACK.
+    Success {
+        /// The authenticated user name (replaces the CONNECT's).
+        username: String,
+        /// Final server data (e.g. SCRAM's server-final-message).
+        data: Option<Vec<u8>>,
+    },
+    /// Refused.
+    Failure(AuthOutcome),
+}
+
+/// A running enhanced authentication exchange for one connection.
+pub trait EnhancedAuth: Send + std::fmt::Debug {
+    /// Feed the client's Authentication Data (from CONNECT, then each AUTH).
+    fn step(&mut self, data: &[u8]) -> EnhancedStep;
+}
+
+/// How an enhanced authentication method request is answered.
+#[derive(Debug)]
+pub enum EnhancedStart {
+    /// The method is not offered (CONNACK 0x8C, Bad authentication method).
+    Unsupported,
+    /// The client is refused before the exchange starts (client rules, say).
+    Refused(AuthOutcome),
+    /// The exchange starts.
+    Started(Box<dyn EnhancedAuth>),
+}
+
 /// Decides whether a client may connect.
 pub trait Authenticator: Send + Sync + std::fmt::Debug {
-    /// Check the client's credentials.
+    /// Check the client's credentials, synchronously. Backends that can only
+    /// answer asynchronously are skipped here (treated as having no opinion);
+    /// callers that can wait use [`Authenticator::check`].
     fn authenticate(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthOutcome;
+
+    /// Check the client's credentials, possibly asynchronously. Defaults to
+    /// [`Authenticator::authenticate`].
+    fn check(&self, client: &ClientInfo, password: Option<&[u8]>) -> AuthCheck {
+        AuthCheck::Ready(self.authenticate(client, password))
+    }
+
+    /// Start MQTT 5 enhanced authentication with `method` (e.g. `SCRAM-SHA-256`).
+    /// Defaults to unsupported.
+    fn enhanced(&self, _method: &str, _client: &ClientInfo) -> EnhancedStart {
+        EnhancedStart::Unsupported
+    }
 }
 
 /// Lets everybody in (anonymous access).

@@ -23,7 +23,7 @@ use crate::cluster::{ClusterBackend, SingleNode};
 use crate::message::{ClientId, Delivery, Message, QoS};
 use crate::metrics::Metrics;
 use crate::session::{
-    resend_list, ClientInfo, ConnectionSignal, KickReason, Overflow, QueueLimits, Resend, Session,
+    resend_list, ClientInfo, Queued, ConnectionSignal, KickReason, Overflow, QueueLimits, Resend, Session,
     SessionHandle, SubOptions, Will,
 };
 use crate::storage::{MemoryPersistence, Persistence};
@@ -287,7 +287,7 @@ impl Broker {
                 } else {
                     st.owner = Some(signal.clone());
                     st.expiry_interval = expiry;
-                    st.will = req.will.clone();
+                    st.will = req.will.clone().map(Box::new);
                     st.expires_at = None;
                     st.info = req.client.clone();
                     let resend = resend_list(&mut st, now);
@@ -397,6 +397,8 @@ impl Broker {
             };
             (will, st.expiry_interval, st.info.clone())
         };
+        // Publishers paused on this mailbox: it now follows the offline policy.
+        session.notify_room();
         self.client_event(&client, "disconnected", now);
         if expiry == 0 {
             {
@@ -441,7 +443,7 @@ impl Broker {
         }
     }
 
-    fn publish_will(&self, will: Will, now: Instant) {
+    fn publish_will(&self, will: Box<Will>, now: Instant) {
         self.metrics.inc(&self.metrics.wills_published);
         // The will's expiry interval counts from its publication.
         let message = will
@@ -542,13 +544,26 @@ impl Broker {
     /// Route a message: retained update, trie match, push into mailboxes.
     /// Returns how many sessions it was queued for.
     pub fn publish(&self, message: Message, now: Instant) -> usize {
+        self.publish_flow(message, now, None)
+    }
+
+    /// [`Broker::publish`], also collecting the online sessions whose
+    /// mailboxes went over their bound with this QoS 1/2 message: the
+    /// publishing connection should stop reading until each has room
+    /// ([`crate::session::Session::room`]) rather than have acknowledged
+    /// messages dropped (ADR 0009).
+    pub fn publish_with_backpressure(&self, message: Message, now: Instant, congested: &mut Vec<Arc<Session>>) -> usize {
+        self.publish_flow(message, now, Some(congested))
+    }
+
+    fn publish_flow(&self, message: Message, now: Instant, congested: Option<&mut Vec<Arc<Session>>>) -> usize {
         self.metrics.inc(&self.metrics.messages_received);
         let message = Arc::new(message);
         if message.retain && self.config.retain_available {
             self.store_retained(&message);
         }
         self.cluster.forward(&message);
-        let count = self.route(&message, now);
+        let count = self.route(&message, now, congested);
         if count == 0 {
             self.metrics.inc(&self.metrics.messages_no_subscribers);
         }
@@ -578,7 +593,7 @@ impl Broker {
             .store(retained.len() as u64, Ordering::Relaxed);
     }
 
-    fn route(&self, message: &Arc<Message>, _now: Instant) -> usize {
+    fn route(&self, message: &Arc<Message>, _now: Instant, mut congested: Option<&mut Vec<Arc<Session>>>) -> usize {
         let trie = self.subscriptions.read();
         let mut direct: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
         let mut shared: Vec<SharedPick<'_>> = Vec::new();
@@ -596,7 +611,6 @@ impl Broker {
                 }
             }
         });
-        let limits = &self.config.queue;
         let mut count = 0;
         // One copy per session for overlapping subscriptions, at the highest
         // granted QoS, carrying every subscription identifier.
@@ -625,9 +639,7 @@ impl Broker {
                 subscription_ids: ids,
                 shared: None,
             };
-            if session.deliver(delivery, limits, &self.metrics) {
-                count += 1;
-            }
+            count += self.deliver_to(session, delivery, congested.as_deref_mut());
             i = j;
         }
         for (session, opts, group, filter) in shared {
@@ -638,11 +650,26 @@ impl Broker {
                 subscription_ids: opts.subscription_id.into_iter().collect(),
                 shared: Some((group, filter)),
             };
-            if session.deliver(delivery, limits, &self.metrics) {
-                count += 1;
-            }
+            count += self.deliver_to(session, delivery, congested.as_deref_mut());
         }
         count
+    }
+
+    /// Queue one delivery; 1 if it was queued. Sessions that want the
+    /// publisher to pause are added to `congested` (once each).
+    fn deliver_to(&self, session: &Arc<Session>, delivery: Delivery, congested: Option<&mut Vec<Arc<Session>>>) -> usize {
+        match session.deliver_flow(delivery, &self.config.queue, &self.metrics) {
+            Queued::Yes => 1,
+            Queued::OverLimit => {
+                if let Some(list) = congested {
+                    if !list.iter().any(|s| Arc::ptr_eq(s, session)) {
+                        list.push(session.clone());
+                    }
+                }
+                1
+            }
+            Queued::Dropped => 0,
+        }
     }
 
     fn effective_qos(&self, granted: QoS, published: QoS) -> QoS {

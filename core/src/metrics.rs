@@ -53,6 +53,28 @@ metrics! {
     packets_malformed,
     /// Will messages published.
     wills_published,
+    /// QoS 1/2 deliveries that made their publisher pause (mailbox over its bound).
+    publish_backpressure,
+    /// Clients whose credentials were accepted.
+    auth_success,
+    /// Clients refused by authentication (bad credentials or not authorized).
+    auth_failure,
+    /// Client connections refused by a listener's connection limit or rate.
+    connections_refused,
+    /// Bytes read from clients (stream transports).
+    bytes_received,
+    /// Bytes written to clients (stream transports).
+    bytes_sent,
+    /// QoS 0 PUBLISH received from MQTT clients.
+    messages_qos0_received,
+    /// QoS 1 PUBLISH received from MQTT clients.
+    messages_qos1_received,
+    /// QoS 2 PUBLISH received from MQTT clients.
+    messages_qos2_received,
+    /// Times a client went over its message or byte rate (throttled or disconnected).
+    rate_limited,
+    /// Subscriptions refused because the client holds the most allowed.
+    subscriptions_refused_quota,
 }
 
 impl Metrics {

@@ -178,6 +178,17 @@ pub enum Overflow {
     DropNewest,
 }
 
+/// What [`Session::deliver_flow`] did with a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Queued within the bound.
+    Yes,
+    /// Queued beyond the bound: the publisher should pause.
+    OverLimit,
+    /// Dropped (and counted) by the overflow policy.
+    Dropped,
+}
+
 /// Result of registering an incoming QoS 2 packet id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IncomingQos2 {
@@ -198,7 +209,8 @@ pub(crate) struct SessionState {
     incoming_qos2: HashMap<u16, Instant>,
     pub(crate) owner: Option<Arc<ConnectionSignal>>,
     pub(crate) expiry_interval: u32,
-    pub(crate) will: Option<Will>,
+    /// Boxed: most sessions have none, and a will is a few hundred bytes.
+    pub(crate) will: Option<Box<Will>>,
     pub(crate) will_due: Option<Instant>,
     pub(crate) expires_at: Option<Instant>,
     pub(crate) info: ClientInfo,
@@ -211,6 +223,8 @@ pub struct Session {
     pub client_id: ClientId,
     online: AtomicBool,
     pub(crate) state: Mutex<SessionState>,
+    /// Publishers paused on this session's full mailbox wait here.
+    room: Notify,
 }
 
 impl Session {
@@ -223,6 +237,7 @@ impl Session {
         Session {
             client_id: info.client_id.clone(),
             online: AtomicBool::new(true),
+            room: Notify::new(),
             state: Mutex::new(SessionState {
                 subscriptions: HashMap::new(),
                 queue: VecDeque::new(),
@@ -231,7 +246,7 @@ impl Session {
                 incoming_qos2: HashMap::new(),
                 owner: Some(owner),
                 expiry_interval,
-                will,
+                will: will.map(Box::new),
                 will_due: None,
                 expires_at: None,
                 info,
@@ -250,21 +265,36 @@ impl Session {
 
     /// Queue a delivery, applying the bound and overflow policy, and wake
     /// the owner. Returns false when the delivery was dropped.
-    pub(crate) fn deliver(
-        &self,
-        delivery: Delivery,
-        limits: &QueueLimits,
-        metrics: &Metrics,
-    ) -> bool {
+    pub(crate) fn deliver(&self, delivery: Delivery, limits: &QueueLimits, metrics: &Metrics) -> bool {
+        self.deliver_flow(delivery, limits, metrics) != Queued::Dropped
+    }
+
+    /// Queue a delivery and say whether the publisher should pause.
+    ///
+    /// QoS 0 deliveries, and any delivery to an offline session, follow the
+    /// overflow policy once the mailbox is full. A QoS 1/2 delivery to an
+    /// online session was acknowledged to its publisher (or is about to
+    /// be), so it is queued beyond the bound instead — up to twice the
+    /// bound — and [`Queued::OverLimit`] asks the publishing connection to
+    /// stop reading until this session has room again.
+    pub(crate) fn deliver_flow(&self, delivery: Delivery, limits: &QueueLimits, metrics: &Metrics) -> Queued {
         let mut st = self.state.lock();
         if st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.store_qos0 {
             metrics.inc(&metrics.messages_dropped_offline_qos0);
-            return false;
+            return Queued::Dropped;
         }
-        if st.queue.len() >= limits.max_len {
+        let mut outcome = Queued::Yes;
+        if st.queue.len() >= limits.max_len
+            && st.owner.is_some()
+            && delivery.qos != QoS::AtMostOnce
+            && st.queue.len() < limits.max_len.saturating_mul(2)
+        {
+            metrics.inc(&metrics.publish_backpressure);
+            outcome = Queued::OverLimit;
+        } else if st.queue.len() >= limits.max_len {
             metrics.inc(&metrics.messages_dropped_queue_full);
             match limits.overflow {
-                Overflow::DropNewest => return false,
+                Overflow::DropNewest => return Queued::Dropped,
                 Overflow::DropOldest => {
                     st.queue.pop_front();
                 }
@@ -280,7 +310,26 @@ impl Session {
                 owner.wake();
             }
         }
-        true
+        outcome
+    }
+
+    /// True while publishers should wait before adding to this session:
+    /// it is online and its mailbox holds `max_len` or more.
+    pub fn is_congested(&self, max_len: usize) -> bool {
+        let st = self.state.lock();
+        st.owner.is_some() && st.queue.len() >= max_len
+    }
+
+    /// A future resolving when this session's mailbox drained below its
+    /// bound or the session went offline. Create it, `enable` it, then
+    /// check [`Session::is_congested`], so no wake-up is missed.
+    pub fn room(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
+    }
+
+    /// Wake publishers waiting for room.
+    pub(crate) fn notify_room(&self) {
+        self.room.notify_waiters();
     }
 
     /// Put deliveries back at the front of the mailbox, in order, ignoring the bound.
@@ -442,6 +491,11 @@ impl SessionHandle {
                 dup: false,
             });
         }
+        drop(st);
+        if !out.is_empty() {
+            // Publishers paused on this mailbox re-check it themselves.
+            self.session.notify_room();
+        }
         out
     }
 
@@ -591,7 +645,7 @@ impl SessionHandle {
     pub fn set_will(&self, will: Option<Will>) {
         let mut st = self.session.state.lock();
         if self.owns(&st) {
-            st.will = will;
+            st.will = will.map(Box::new);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! CoAP over UDP: the datagram driver (ADR 0008, "coap-udp-driver").
+//! CoAP over UDP: the datagram driver (ADR 0007, "coap-udp-driver").
 //!
 //! One reader task owns the socket's receive side and the peer table
 //! (address → bounded inbox). Each peer with state has its own task owning
@@ -221,7 +221,9 @@ mod tests {
 
     use super::*;
 
-    async fn start(max_peers: usize) -> (SocketAddr, Arc<Broker>, watch::Sender<bool>, Arc<CoapStats>) {
+    async fn start(
+        max_peers: usize,
+    ) -> (SocketAddr, Arc<Broker>, watch::Sender<bool>, Arc<CoapStats>) {
         let broker = Arc::new(Broker::new(BrokerConfig::default()));
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let addr = socket.local_addr().expect("addr");
@@ -246,7 +248,10 @@ mod tests {
     }
 
     async fn exchange(client: &UdpSocket, m: &Message) -> Message {
-        client.send(&encode(m).expect("encode")).await.expect("send");
+        client
+            .send(&encode(m).expect("encode"))
+            .await
+            .expect("send");
         recv(client).await
     }
 

@@ -5,15 +5,37 @@
 //! - [`mqtt_tcp`]: MQTT over TCP accept loop and connection driver.
 //! - [`coap_udp`]: CoAP over UDP: datagram reader and per-peer tasks.
 //! - [`mqttsn_udp`]: MQTT-SN over UDP: datagram reader and per-client tasks.
+//! - [`transport`], [`stream_listeners`], [`tls`], [`ws`]: MQTT over TLS,
+//!   WebSocket and secure WebSocket through the same driver as TCP.
+//! - [`security`]: the authentication chain (users file, JWT, HTTP, client
+//!   rules, SCRAM) and the ACL file.
+//! - [`api`]: the HTTP API on 18083 (EMQX v5 paths), Prometheus, `/status`.
+//! - [`listener_stats`]: per-listener counters and connection-rate buckets.
+//! - [`stomp_tcp`], [`stomp_http`], [`stomp_ws`]: STOMP over TCP (61613),
+//!   and over WebSocket and SockJS on the HTTP listener (61614).
 //! - [`start`] / [`Gateway`]: start every listener and the housekeeping
 //!   task; shut down gracefully (MQTT 5 clients get DISCONNECT 0x8B).
 //!
 //! `start` takes a configuration and returns once every listener is bound,
 //! so tests can start a real gateway on port 0.
 
+pub mod api;
+pub mod banner;
 pub mod coap_udp;
+pub mod ctl;
+pub mod der;
+pub mod listener_stats;
+pub mod logging;
 pub mod mqtt_tcp;
 pub mod mqttsn_udp;
+pub mod security;
+pub mod stomp_http;
+pub mod stomp_tcp;
+pub mod stomp_ws;
+pub mod stream_listeners;
+pub mod tls;
+pub mod transport;
+pub mod ws;
 pub mod sys;
 pub mod wiring;
 
@@ -40,6 +62,18 @@ pub struct Gateway {
     pub coap_udp: Option<SocketAddr>,
     /// MQTT-SN gateway counters.
     pub mqttsn_stats: Arc<tributary_mqttsn::gateway::Stats>,
+    /// Every MQTT stream listener (tcp, ssl, ws, wss) with its counters.
+    pub listeners: Vec<Arc<listener_stats::ListenerStats>>,
+    /// Bound HTTP API address, when enabled.
+    pub api: Option<SocketAddr>,
+    /// Bound STOMP/TCP address, when enabled.
+    pub stomp_tcp: Option<SocketAddr>,
+    /// Bound STOMP HTTP (WebSocket, SockJS) address, when enabled.
+    pub stomp_http: Option<SocketAddr>,
+    /// Set while draining: `GET /status` answers 503.
+    draining: Arc<std::sync::atomic::AtomicBool>,
+    /// The HTTP API server, stopped after the drain.
+    api_task: Option<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
 }
@@ -49,8 +83,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Bind every enabled listener and start serving.
 pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
-    let broker = Arc::new(wiring::broker(config));
+    let broker = Arc::new(wiring::broker(config)?);
     let channel = wiring::mqtt_channel(config);
+    let mut listeners = Vec::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut mqtt_tcp = Vec::new();
@@ -65,6 +100,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         let addr = listener.local_addr()?;
         info!(listener = %format!("tcp:{name}"), %addr, "MQTT listener started");
         mqtt_tcp.push((name.clone(), addr));
+        let stats = Arc::new(listener_stats::ListenerStats::new(
+            "tcp",
+            name,
+            addr,
+            "plain TCP".to_owned(),
+            l.max_conn_rate,
+        ));
+        listeners.push(stats.clone());
         let ctx = mqtt_tcp::ListenerContext {
             broker: broker.clone(),
             channel: channel.clone(),
@@ -73,9 +116,22 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
                 (l.max_connections as usize).min(global_slots),
             )),
             nodelay: l.tcp_nodelay,
+            stats,
         };
         tasks.spawn(mqtt_tcp::accept_loop(listener, ctx, format!("tcp:{name}")));
     }
+    listeners.extend(
+        stream_listeners::start_all(config, &broker, &channel, &shutdown_rx, &mut tasks).await?,
+    );
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The API runs outside `tasks` so `/status` can answer 503 while the
+    // connections drain; it is stopped after the drain.
+    let (api, api_task) = api::start(
+        config,
+        api::ApiState::new(config, broker.clone(), listeners.clone(), draining.clone()),
+    )
+    .await?;
+    security::warn_if_open(config, &listeners);
     let mqttsn_stats = Arc::new(tributary_mqttsn::gateway::Stats::default());
     let mut mqttsn_udp = None;
     if config.mqttsn.enabled {
@@ -126,12 +182,26 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         };
         tasks.spawn(coap_udp::serve(socket, ctx));
     }
+    let (stomp_tcp, stomp_http) =
+        stomp_tcp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
     tasks.spawn(housekeeping(broker.clone(), shutdown_rx));
+    banner::log(
+        config,
+        &listeners,
+        api,
+        &[("udp:mqttsn", mqttsn_udp), ("udp:coap", coap_udp)],
+    );
     Ok(Gateway {
         broker,
         mqtt_tcp,
         mqttsn_udp,
         mqttsn_stats,
+        listeners,
+        api,
+        stomp_tcp,
+        stomp_http,
+        draining,
+        api_task,
         coap_udp,
         shutdown: shutdown_tx,
         tasks,
@@ -158,6 +228,8 @@ impl Gateway {
     /// Stop accepting, tell every client, and wait (bounded) for the
     /// connections to close.
     pub async fn shutdown(mut self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = self.shutdown.send(true);
         self.broker.kick_all(KickReason::ServerShutdown);
         let drain = async {
@@ -174,6 +246,9 @@ impl Gateway {
         };
         if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
             info!("shutdown grace period over; closing remaining connections");
+        }
+        if let Some(api) = self.api_task.take() {
+            api.abort();
         }
     }
 }

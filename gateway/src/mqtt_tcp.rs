@@ -6,22 +6,28 @@
 //! [`Channel`], writes what the channel queued, and waits on three things:
 //! the socket, the session's wake-up signal, and the channel's deadline
 //! (connect timeout, then keep alive).
+//!
+//! [`drive`] is generic over the transport ([`ConnRead`] plus `AsyncWrite`):
+//! the TLS and WebSocket listeners (`crate::stream_listeners`) run the same
+//! driver over their streams. Plain TCP reads with `readable()` +
+//! `try_read` into a stack buffer, so an idle connection holds no buffer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
+use tributary_core::session::Session;
 use tributary_core::Broker;
 use tributary_mqtt::channel::{Channel, ChannelConfig};
 use tributary_mqtt::codec::{decode, encode};
 
-/// Size of the stack buffer each read goes through.
-const READ_CHUNK: usize = 16 * 1024;
+use crate::listener_stats::ListenerStats;
+use crate::transport::{ConnRead, READ_CHUNK};
 
 /// The clock the drivers use: tokio's, so tests can pause it.
 pub fn now() -> Instant {
@@ -41,6 +47,32 @@ pub struct ListenerContext {
     pub slots: Arc<Semaphore>,
     /// Set TCP_NODELAY on accepted sockets.
     pub nodelay: bool,
+    /// This listener's counters and its connection-rate bucket.
+    pub stats: Arc<ListenerStats>,
+}
+
+impl ListenerContext {
+    /// Admit a new connection: a free slot and room in the connection rate,
+    /// else `None` (counted as refused).
+    pub fn admit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if !self.stats.take_conn_token() {
+            self.refuse();
+            return None;
+        }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                self.refuse();
+                None
+            }
+        }
+    }
+
+    fn refuse(&self) {
+        let metrics = self.broker.metrics();
+        metrics.inc(&metrics.connections_refused);
+        self.stats.refused();
+    }
 }
 
 /// Accept connections until shutdown.
@@ -60,8 +92,8 @@ pub async fn accept_loop(listener: TcpListener, ctx: ListenerContext, name: Stri
                 continue;
             }
         };
-        let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-            debug!(listener = %name, %peer, "connection limit reached; refusing");
+        let Some(permit) = ctx.admit() else {
+            debug!(listener = %name, %peer, "connection limit or rate reached; refusing");
             drop(stream);
             continue;
         };
@@ -83,11 +115,41 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext) {
         // Without it, small-message latency tails reach 40 ms (Nagle).
         let _ = stream.set_nodelay(true);
     }
+    let (reader, writer) = stream.into_split();
+    drive(reader, writer, peer, ctx, None).await;
+}
+
+impl ConnRead for tokio::net::tcp::OwnedReadHalf {
+    fn read_into<'a>(
+        &'a mut self,
+        rbuf: &'a mut BytesMut,
+        cap: usize,
+    ) -> impl std::future::Future<Output = bool> + Send + 'a {
+        async move { self.readable().await.is_ok() && read_available(self, rbuf, cap) }
+    }
+
+    fn linger(&mut self) -> impl std::future::Future<Output = ()> + Send + '_ {
+        linger(self)
+    }
+}
+
+/// Serve one MQTT connection over any transport until it closes. `peer`
+/// is the client's address (for WebSocket behind a proxy, the forwarded
+/// one); `transport_username` is the user name the transport proved (TLS
+/// client certificate CN), replacing the CONNECT's.
+pub(crate) async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
+    mut reader: R,
+    mut writer: W,
+    peer: SocketAddr,
+    ctx: ListenerContext,
+    transport_username: Option<String>,
+) {
     let metrics = ctx.broker.metrics();
     metrics.inc(&metrics.connections);
     metrics.inc(&metrics.connections_total);
-    let (mut reader, mut writer) = stream.into_split();
+    ctx.stats.opened();
     let mut channel = Channel::new(ctx.broker.clone(), ctx.channel.clone(), Some(peer), now());
+    channel.set_transport_username(transport_username);
     let mut shutdown = ctx.shutdown.clone();
     // Both buffers hold no memory while the connection is idle: bytes are
     // read into a stack buffer and copied in only when they arrive.
@@ -95,63 +157,155 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext) {
     let mut wbuf = BytesMut::new();
     let mut signal = None;
     let mut peer_closed = false;
+    // Backpressure: sessions this connection's publishes filled, and since when.
+    let mut paused: Vec<Arc<Session>> = Vec::new();
+    let mut paused_at = now();
+    let mailbox_bound = ctx.broker.config().queue.max_len;
     loop {
-        if channel.has_output() && flush(&mut channel, &mut wbuf, &mut writer).await.is_err() {
+        if channel.has_output() && flush(&mut channel, &mut wbuf, &mut writer, metrics).await.is_err() {
             break;
         }
         if channel.is_closed() {
             break;
         }
+        if let Some(decision) = channel.take_auth_future() {
+            // An authentication backend is deciding (HTTP, say): nothing
+            // more is decoded until it answers.
+            let deadline = channel.next_deadline();
+            tokio::select! {
+                outcome = decision => channel.handle_auth_result(outcome, now()),
+                _ = sleep_until(deadline) => channel.handle_timeout(now()),
+                _ = shutdown.changed() => channel.shutdown(),
+            }
+            decode_all(&mut channel, &mut rbuf);
+            continue;
+        }
         if signal.is_none() {
             signal = channel.signal();
         }
+        if channel.is_backpressured() {
+            if paused.is_empty() {
+                paused_at = now();
+            }
+            paused.extend(channel.take_backpressure());
+        }
+        if !paused.is_empty() {
+            // Acknowledged QoS 1/2 messages are not dropped for an online
+            // subscriber; instead this publisher stops reading until the
+            // subscriber's mailbox has room (ADR 0009).
+            let pause_end = paused_at + MAX_PAUSE;
+            let deadline = channel.next_deadline().map_or(pause_end, |d| d.min(pause_end));
+            tokio::select! {
+                _ = wait_for_room(&paused, mailbox_bound) => paused.clear(),
+                _ = async { match &signal { Some(s) => s.notified().await, None => std::future::pending().await } } => {
+                    channel.handle_wake(now());
+                }
+                _ = sleep_until(Some(deadline)) => {
+                    if now() >= pause_end {
+                        debug!("subscriber mailbox still full; resuming reads");
+                        paused.clear();
+                    }
+                    channel.handle_timeout(now());
+                }
+                _ = shutdown.changed() => channel.shutdown(),
+            }
+            if paused.is_empty() {
+                decode_all(&mut channel, &mut rbuf);
+            }
+            continue;
+        }
         let deadline = channel.next_deadline();
+        let before = rbuf.len();
+        let cap = (before + READ_BATCH).min(channel.max_packet_size().saturating_add(READ_CHUNK));
         tokio::select! {
-            ready = reader.readable() => {
-                let cap = channel.max_packet_size().saturating_add(READ_CHUNK);
-                if ready.is_err() || !read_available(&reader, &mut rbuf, cap) {
+            alive = reader.read_into(&mut rbuf, cap), if channel.read_paused_until().is_none() => {
+                metrics.add(&metrics.bytes_received, (rbuf.len() - before) as u64);
+                if !alive {
                     peer_closed = true;
                     // Whatever arrived before the close still counts.
                     decode_all(&mut channel, &mut rbuf);
                     break;
                 }
+                let batch = rbuf.len() - before;
                 decode_all(&mut channel, &mut rbuf);
                 if rbuf.is_empty() {
                     rbuf = BytesMut::new();
+                }
+                if batch >= READ_BATCH {
+                    // More is probably waiting: let the tasks we just fed run.
+                    tokio::task::yield_now().await;
                 }
             },
             _ = async { match &signal { Some(s) => s.notified().await, None => std::future::pending().await } } => {
                 channel.handle_wake(now());
             }
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                    None => std::future::pending().await,
+            _ = sleep_until(deadline) => {
+                channel.handle_timeout(now());
+                if !rbuf.is_empty() && channel.read_paused_until().is_none() {
+                    // A rate pause ended: packets already buffered go first.
+                    decode_all(&mut channel, &mut rbuf);
                 }
-            } => channel.handle_timeout(now()),
+            }
             _ = shutdown.changed() => channel.shutdown(),
         }
     }
     if channel.has_output() {
-        let _ = flush(&mut channel, &mut wbuf, &mut writer).await;
+        let _ = flush(&mut channel, &mut wbuf, &mut writer, metrics).await;
     }
     channel.finish(now());
     let _ = writer.shutdown().await;
     if !peer_closed {
-        linger(&mut reader).await;
+        reader.linger().await;
     }
     metrics.dec(&metrics.connections);
+    ctx.stats.closed();
 }
 
-/// How long a connection the server closed keeps reading (and discarding)
-/// so the peer sees our last packets rather than a reset.
-const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest a write may wait for a client that does not read.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Most bytes read per turn of the loop: packets are decoded and routed in
+/// batches of about this size, and the task yields between full batches so
+/// a flat-out publisher cannot starve the subscribers it feeds.
+const READ_BATCH: usize = 64 * 1024;
+
+/// Longest a connection stops reading because its QoS 1/2 publishes filled
+/// a subscriber's mailbox. Past it the overflow policy applies again (the
+/// subscriber is probably stuck; its keep-alive will tell).
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// Wait until every session has room in its mailbox (or went offline).
+async fn wait_for_room(sessions: &[Arc<Session>], max_len: usize) {
+    for session in sessions {
+        loop {
+            let room = session.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if !session.is_congested(max_len) {
+                break;
+            }
+            room.await;
+        }
+    }
+}
+
+/// Sleep until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
+
+use crate::transport::LINGER;
 
 /// After our FIN, read and discard until the peer closes or [`LINGER`]
 /// passes. Closing a socket with unread input makes the kernel send RST,
 /// which can destroy a DISCONNECT or CONNACK still in flight.
 async fn linger(reader: &mut tokio::net::tcp::OwnedReadHalf) {
-    let mut scratch = [0u8; 1024];
+    // On the heap, and only while lingering: a buffer here would otherwise
+    // live in every connection's future for its whole life.
+    let mut scratch = vec![0u8; 1024];
     let _ = tokio::time::timeout(LINGER, async {
         while let Ok(n) = reader.read(&mut scratch).await {
             if n == 0 {
@@ -198,24 +352,47 @@ fn decode_all(channel: &mut Channel, rbuf: &mut BytesMut) {
                 break;
             }
         }
-        if channel.is_closed() {
+        // A rate pause (limits.messages_rate / bytes_rate) also stops
+        // decoding: the rest stays buffered until the pause ends.
+        if channel.is_closed()
+            || channel.awaiting_auth_result()
+            || channel.is_backpressured()
+            || channel.read_paused_until().is_some()
+        {
             break;
         }
     }
 }
 
-async fn flush(
+async fn flush<W: AsyncWrite + Unpin>(
     channel: &mut Channel,
     wbuf: &mut BytesMut,
-    writer: &mut tokio::net::tcp::OwnedWriteHalf,
+    writer: &mut W,
+    metrics: &tributary_core::metrics::Metrics,
 ) -> std::io::Result<()> {
+    encode_output(channel, wbuf);
+    metrics.add(&metrics.bytes_sent, wbuf.len() as u64);
+    // TLS records and WebSocket frames leave on flush; for TCP it is free.
+    // A client that stops reading must not hold this task forever.
+    let write = async {
+        writer.write_all(wbuf).await?;
+        writer.flush().await
+    };
+    let result = match tokio::time::timeout(WRITE_STALL, write).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")),
+    };
+    wbuf.clear();
+    result
+}
+
+/// Encode everything the channel queued into `wbuf`: one write per batch.
+/// A plain function so no packet lives in the connection's future.
+fn encode_output(channel: &mut Channel, wbuf: &mut BytesMut) {
     let version = channel.version();
     for packet in channel.take_output() {
         if let Err(e) = encode(&packet, version, wbuf) {
             warn!(error = %e, "cannot encode packet; dropped");
         }
     }
-    let result = writer.write_all(wbuf).await;
-    wbuf.clear();
-    result
 }

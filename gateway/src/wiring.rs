@@ -8,7 +8,7 @@ use tributary_config::{
     AclAction, Config, MqueueOverflow, Permission, SharedStrategy, SubscribeDeniedReason,
 };
 use tributary_core::auth::{
-    AclRule, AnonymousGate, Permission as CorePermission, RuleAction, RuleAuthorizer, Who,
+    AclRule, Permission as CorePermission, RuleAction, RuleAuthorizer, Who,
 };
 use tributary_core::cluster::SingleNode;
 use tributary_core::session::{Overflow, QueueLimits};
@@ -22,8 +22,10 @@ fn secs_u32(d: std::time::Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
 
-/// The core broker for `config`.
-pub fn broker(config: &Config) -> Broker {
+/// The core broker for `config`, with the authentication chain and the
+/// ACL (inline rules, then the ACL file). Fails when a users file, key or
+/// ACL file named by the configuration cannot be used.
+pub fn broker(config: &Config) -> Result<Broker, crate::security::SecurityError> {
     let m = &config.mqtt;
     let broker_config = BrokerConfig {
         max_topic_levels: usize::from(m.max_topic_levels),
@@ -49,15 +51,22 @@ pub fn broker(config: &Config) -> Broker {
         upgrade_qos: m.upgrade_qos,
         sys_node: (!config.node.sys_interval.is_zero()).then(|| config.node.name.as_str().into()),
     };
-    Broker::with_seams(
+    let mut authorizer = authorizer(config);
+    if !config.authorization.file.trim().is_empty() {
+        let file =
+            crate::security::acl_file::load(std::path::Path::new(config.authorization.file.trim()))?;
+        authorizer.rules.extend(file.rules);
+        if let Some(catch_all) = file.catch_all {
+            authorizer.no_match = catch_all;
+        }
+    }
+    Ok(Broker::with_seams(
         broker_config,
-        Box::new(AnonymousGate {
-            allow_anonymous: config.authentication.allow_anonymous,
-        }),
-        Box::new(authorizer(config)),
+        Box::new(crate::security::Chain::new(config)?),
+        Box::new(authorizer),
         Box::new(MemoryPersistence),
         Box::new(SingleNode),
-    )
+    ))
 }
 
 fn permission(p: Permission) -> CorePermission {
@@ -150,6 +159,11 @@ pub fn mqtt_channel(config: &Config) -> Arc<ChannelConfig> {
         },
         retry_interval: m.retry_interval,
         await_rel_timeout: m.await_rel_timeout,
+        messages_rate: config.limits.messages_rate,
+        bytes_rate: config.limits.bytes_rate,
+        disconnect_on_rate_exceeded: config.limits.rate_exceeded
+            == tributary_config::RateExceeded::Disconnect,
+        max_subscriptions: config.limits.max_subscriptions as usize,
     })
 }
 
@@ -213,5 +227,36 @@ pub fn coap_channel(config: &Config) -> Arc<tributary_coap::ChannelConfig> {
             non_lifetime: c.non_lifetime,
             max_dedup: c.max_dedup_entries as usize,
         },
+    })
+}
+
+/// STOMP channel settings for `config` (`[stomp]`).
+pub fn stomp_channel(config: &Config) -> Arc<tributary_stomp::ChannelConfig> {
+    let s = &config.stomp;
+    let qos = |q: u8| tributary_core::QoS::from_u8(q).unwrap_or(tributary_core::QoS::AtMostOnce);
+    Arc::new(tributary_stomp::ChannelConfig {
+        limits: tributary_stomp::Limits {
+            max_headers: s.max_headers as usize,
+            max_header_length: s.max_header_length as usize,
+            max_body_length: s.max_body_length as usize,
+        },
+        mountpoint: s.mountpoint.clone(),
+        send_qos: qos(s.send_qos),
+        subscribe_qos: qos(s.subscribe_qos.min(1)),
+        retained_on_subscribe: s.retained_on_subscribe,
+        heartbeat_send: s.heartbeat_send,
+        heartbeat_receive: s.heartbeat_receive,
+        heartbeat_grace: s.heartbeat_grace,
+        connect_timeout: s.connect_timeout,
+        max_inflight: s.max_inflight as usize,
+        max_subscriptions: s.max_subscriptions as usize,
+        max_transactions: s.max_transactions as usize,
+        max_transaction_frames: s.max_transaction_frames as usize,
+        unacked_on_disconnect: match s.unacked_on_disconnect {
+            tributary_config::StompUnacked::Redeliver => tributary_stomp::UnackedPolicy::Redeliver,
+            tributary_config::StompUnacked::Drop => tributary_stomp::UnackedPolicy::Drop,
+        },
+        session_expiry: secs_u32(s.session_expiry),
+        ..tributary_stomp::ChannelConfig::default()
     })
 }

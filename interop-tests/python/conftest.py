@@ -54,6 +54,14 @@ class Broker:
             "TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND": f"127.0.0.1:{self.port}",
             # Concurrent brokers must not fight over the MQTT-SN UDP port.
             "TRIBUTARY__MQTTSN__BIND": "127.0.0.1:0",
+            # ... nor over the CoAP one.
+            "TRIBUTARY__COAP__BIND": "127.0.0.1:0",
+            # ... nor over STOMP's (TCP and HTTP).
+            "TRIBUTARY__STOMP__BIND": "127.0.0.1:0",
+            "TRIBUTARY__STOMP__WS_BIND": "127.0.0.1:0",
+            # ... nor over the WebSocket and HTTP API ports (tests that use them pass their own).
+            "TRIBUTARY__LISTENERS__WS__DEFAULT__BIND": "127.0.0.1:0",
+            "TRIBUTARY__API__BIND": "127.0.0.1:0",
             "TRIBUTARY__LOG__LEVEL": "debug",
             "NO_COLOR": "1",
         })

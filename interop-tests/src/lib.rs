@@ -125,6 +125,14 @@ impl TestBroker {
                 .env("TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND", addr.to_string())
                 // Concurrent brokers must not fight over the MQTT-SN UDP port.
                 .env("TRIBUTARY__MQTTSN__BIND", "127.0.0.1:0")
+                // ... nor over the CoAP one.
+                .env("TRIBUTARY__COAP__BIND", "127.0.0.1:0")
+                // ... nor over STOMP's (TCP and HTTP).
+                .env("TRIBUTARY__STOMP__BIND", "127.0.0.1:0")
+                .env("TRIBUTARY__STOMP__WS_BIND", "127.0.0.1:0")
+                // ... nor over the WebSocket and HTTP API ports.
+                .env("TRIBUTARY__LISTENERS__WS__DEFAULT__BIND", "127.0.0.1:0")
+                .env("TRIBUTARY__API__BIND", "127.0.0.1:0")
                 // The log goes to a file: no colour escapes.
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())

@@ -297,8 +297,8 @@ impl Message {
         self.options.iter().any(|(n, _)| *n == number)
     }
 
-    /// The first value of a uint option; `Some(Err(()))` when it is longer than 4 bytes.
-    pub fn uint_option(&self, number: u16) -> Option<Result<u32, ()>> {
+    /// The first value of a uint option; `Some(Err(_))` when it is longer than 4 bytes.
+    pub fn uint_option(&self, number: u16) -> Option<Result<u32, UintTooLong>> {
         self.option(number).map(decode_uint)
     }
 
@@ -334,6 +334,11 @@ impl Message {
     }
 }
 
+/// An unsigned-integer option value longer than 4 bytes (RFC 7252 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("uint option value longer than 4 bytes")]
+pub struct UintTooLong;
+
 /// Encode an unsigned integer option value in the fewest bytes (0 = empty).
 pub fn encode_uint(value: u32) -> Vec<u8> {
     let bytes = value.to_be_bytes();
@@ -342,9 +347,9 @@ pub fn encode_uint(value: u32) -> Vec<u8> {
 }
 
 /// Decode an unsigned integer option value (at most 4 bytes).
-pub fn decode_uint(bytes: &[u8]) -> Result<u32, ()> {
+pub fn decode_uint(bytes: &[u8]) -> Result<u32, UintTooLong> {
     if bytes.len() > 4 {
-        return Err(());
+        return Err(UintTooLong);
     }
     Ok(bytes.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)))
 }
@@ -359,7 +364,7 @@ mod tests {
             assert_eq!(decode_uint(&encode_uint(v)), Ok(v));
         }
         assert!(encode_uint(0).is_empty());
-        assert_eq!(decode_uint(&[1, 2, 3, 4, 5]), Err(()));
+        assert_eq!(decode_uint(&[1, 2, 3, 4, 5]), Err(UintTooLong));
     }
 
     #[test]

@@ -167,7 +167,7 @@ impl Channel {
             Code::GET => match m.uint_option(opt::OBSERVE) {
                 Some(Ok(0)) => self.subscribe(m, &topic, path, &q, now),
                 Some(Ok(1)) => self.unsubscribe(m, &topic, &q, now),
-                Some(Err(())) => Err(bad("malformed Observe option")),
+                Some(Err(_)) => Err(bad("malformed Observe option")),
                 _ => self.read(m, &topic, &path, &q, now),
             },
             _ => Err(Reject::new(
@@ -363,6 +363,7 @@ impl Channel {
     fn unsubscribe(&mut self, m: &Message, topic: &str, q: &Query, now: Instant) -> Handled {
         let id = self.identify(q, now)?;
         if let Some(key) = self.observers.deregister(m.token, &mut self.layer) {
+            debug!(peer = %self.peer, filter = %key.filter, "observation cancelled");
             self.release(&key, now);
         } else {
             // EMQX cancels by topic: any observer of this filter goes.
@@ -374,6 +375,7 @@ impl Channel {
                 .map(|(_, k)| k.clone())
                 .collect();
             if let Some(key) = keys.first() {
+                debug!(peer = %self.peer, filter = %key.filter, "observation cancelled");
                 self.observers.deregister_key(key, &mut self.layer);
                 self.release(key, now);
             }

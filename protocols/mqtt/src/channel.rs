@@ -16,6 +16,16 @@
 //! Errors are mapped to reason codes in one place, [`Channel::violation`]:
 //! MQTT 5 clients get a DISCONNECT with the reason first, 3.x clients are
 //! closed (they have no way to hear a reason).
+//!
+//! Authentication may take time (an HTTP backend): the CONNECT is then
+//! parked and [`Channel::take_auth_future`] hands the driver a future to
+//! await; the driver decodes nothing more until it calls
+//! [`Channel::handle_auth_result`]. MQTT 5 enhanced authentication (§4.12)
+//! parks the CONNECT the same way while AUTH packets go back and forth.
+//! Per-client message and byte rates are token buckets refilled from the
+//! `now` the driver passes in; over the rate the channel either asks the
+//! driver to stop reading until [`Channel::read_paused_until`], or
+//! disconnects with 0x96.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +34,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info};
-use tributary_core::auth::{Action, AuthOutcome};
+use tributary_core::auth::{
+    Action, AuthCheck, AuthFuture, AuthOutcome, EnhancedAuth, EnhancedStart, EnhancedStep,
+};
 use tributary_core::session::IncomingQos2;
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, Delivery, KickReason, Message,
@@ -33,8 +45,8 @@ use tributary_core::{
 
 use crate::codec::{encoded_len, DecodeError};
 use crate::packet::{
-    ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS,
-    SubAck, Subscribe, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish,
+    QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::reason::{self as rc, connack_v3};
 
@@ -82,6 +94,14 @@ pub struct ChannelConfig {
     pub retry_interval: Duration,
     /// How long an incoming QoS 2 id may wait for PUBREL before it can be forgotten.
     pub await_rel_timeout: Duration,
+    /// Per-client PUBLISH packets per second; 0 = unlimited.
+    pub messages_rate: u32,
+    /// Per-client PUBLISH bytes per second; 0 = unlimited.
+    pub bytes_rate: u32,
+    /// Over the rate: disconnect (MQTT 5: 0x96) instead of pausing input.
+    pub disconnect_on_rate_exceeded: bool,
+    /// Most subscriptions per client; 0 = unlimited.
+    pub max_subscriptions: usize,
 }
 
 impl Default for ChannelConfig {
@@ -106,6 +126,10 @@ impl Default for ChannelConfig {
             subscribe_denied_reason: rc::NOT_AUTHORIZED,
             retry_interval: Duration::from_secs(30),
             await_rel_timeout: Duration::from_secs(300),
+            messages_rate: 0,
+            bytes_rate: 0,
+            disconnect_on_rate_exceeded: false,
+            max_subscriptions: 0,
         }
     }
 }
@@ -133,10 +157,66 @@ struct Connected {
     connect_expiry_zero: bool,
 }
 
+/// A CONNECT that passed validation and waits for its authentication.
+struct ParkedConnect {
+    connect: Box<Connect>,
+    client: ClientInfo,
+    will: Option<Will>,
+    assigned: Option<String>,
+    /// The enhanced authentication exchange, when one is running.
+    enhanced: Option<(String, Box<dyn EnhancedAuth>)>,
+}
+
 enum State {
     AwaitingConnect,
+    /// CONNECT parked while an asynchronous backend or an AUTH exchange decides.
+    Authenticating(Box<ParkedConnect>),
     Connected(Box<Connected>),
     Closed,
+}
+
+/// A token bucket refilled at `rate` per second up to one second's worth;
+/// it may go into debt (a packet larger than the burst), repaid by waiting.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Option<Instant>,
+}
+
+impl Bucket {
+    fn new(rate: u32) -> Bucket {
+        Bucket {
+            rate: f64::from(rate),
+            tokens: f64::from(rate),
+            at: None,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(at) = self.at {
+            let elapsed = now.saturating_duration_since(at).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        }
+        self.at = Some(now);
+    }
+
+    /// Whether `cost` fits now (after refilling).
+    fn fits(&mut self, cost: f64, now: Instant) -> bool {
+        self.refill(now);
+        // A packet larger than the burst fits a full bucket (and leaves a debt).
+        self.rate <= 0.0 || self.tokens >= cost.min(self.rate)
+    }
+
+    /// Take `cost`; returns when the bucket is out of debt again, if it is in debt.
+    fn take(&mut self, cost: f64, now: Instant) -> Option<Instant> {
+        if self.rate <= 0.0 {
+            return None;
+        }
+        self.refill(now);
+        self.tokens -= cost;
+        (self.tokens < 0.0).then(|| now + Duration::from_secs_f64(-self.tokens / self.rate))
+    }
 }
 
 /// One connection's MQTT state.
@@ -155,8 +235,20 @@ pub struct Channel {
     retry_at: Option<Instant>,
     /// The client's Maximum Packet Size (MQTT 5), `u32::MAX` when unset.
     peer_max_packet_size: u32,
+    /// Sessions whose mailboxes this connection's QoS 1/2 publishes pushed
+    /// over their bound: the driver stops reading until they have room.
+    backpressure: Vec<Arc<tributary_core::session::Session>>,
     /// How the session ends when the connection closes.
     close_kind: CloseKind,
+    /// An authentication decision for the driver to await.
+    pending_auth: Option<AuthFuture>,
+    /// User name from the transport (TLS client certificate CN), replacing the CONNECT's.
+    transport_username: Option<String>,
+    /// Per-client message and byte rate buckets.
+    message_bucket: Bucket,
+    byte_bucket: Bucket,
+    /// Input is paused until then (rate exceeded, throttle mode).
+    paused_until: Option<Instant>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -178,6 +270,10 @@ impl Channel {
         now: Instant,
     ) -> Channel {
         let deadline = Some(now + config.connect_timeout);
+        let (message_bucket, byte_bucket) = (
+            Bucket::new(config.messages_rate),
+            Bucket::new(config.bytes_rate),
+        );
         Channel {
             broker,
             config,
@@ -189,8 +285,56 @@ impl Channel {
             deadline,
             retry_at: None,
             peer_max_packet_size: u32::MAX,
+            backpressure: Vec::new(),
             close_kind: CloseKind::Abnormal,
+            pending_auth: None,
+            transport_username: None,
+            message_bucket,
+            byte_bucket,
+            paused_until: None,
         }
+    }
+
+    /// The user name the transport proved (TLS client certificate CN); it
+    /// replaces whatever the CONNECT says. Call before the first packet.
+    pub fn set_transport_username(&mut self, username: Option<String>) {
+        self.transport_username = username;
+    }
+
+    /// A pending authentication decision the driver must await, then pass
+    /// to [`Channel::handle_auth_result`]. While one is pending (or was
+    /// taken and not yet answered) the driver decodes no further packets.
+    pub fn take_auth_future(&mut self) -> Option<AuthFuture> {
+        self.pending_auth.take()
+    }
+
+    /// True while the CONNECT is parked waiting for an asynchronous
+    /// authentication decision (not during an AUTH exchange, which needs
+    /// packets from the client).
+    pub fn awaiting_auth_result(&self) -> bool {
+        matches!(&self.state, State::Authenticating(p) if p.enhanced.is_none())
+    }
+
+    /// The decision for the parked CONNECT.
+    pub fn handle_auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
+        let State::Authenticating(parked) = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        let parked = *parked;
+        if parked.enhanced.is_some() {
+            self.state = State::Authenticating(Box::new(parked));
+            return;
+        }
+        if self.accept_auth_outcome(outcome) {
+            self.finish_connect(parked, None, now);
+        }
+    }
+
+    /// Input from the client is paused until then (rate exceeded); the
+    /// driver stops reading and calls [`Channel::handle_timeout`] at that time.
+    pub fn read_paused_until(&self) -> Option<Instant> {
+        self.paused_until
     }
 
     /// The version to decode and encode with.
@@ -226,10 +370,22 @@ impl Channel {
         if self.is_closed() {
             return None;
         }
-        match (self.deadline, self.retry_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.deadline, self.retry_at, self.paused_until]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// True when the driver should stop decoding and reading: a publish
+    /// filled a subscriber's mailbox ([`Channel::take_backpressure`]).
+    pub fn is_backpressured(&self) -> bool {
+        !self.backpressure.is_empty()
+    }
+
+    /// The sessions to wait for (each until it has room or goes offline)
+    /// before reading more from this client.
+    pub fn take_backpressure(&mut self) -> Vec<Arc<tributary_core::session::Session>> {
+        std::mem::take(&mut self.backpressure)
     }
 
     /// Packets to write, in order. Reason strings and user properties are
@@ -267,6 +423,15 @@ impl Channel {
         match (&self.state, packet) {
             (State::AwaitingConnect, Packet::Connect(connect)) => {
                 self.handle_connect(*connect, now)
+            }
+            (State::Authenticating(p), Packet::Auth(auth)) if p.enhanced.is_some() => {
+                self.handle_auth_packet(auth, now)
+            }
+            (State::Authenticating(_), _) => {
+                // Only AUTH may follow a CONNECT with an Authentication
+                // Method before the CONNACK [MQTT-4.12.0-3]... and nothing
+                // is decoded while a backend decides.
+                self.close_now();
             }
             (State::AwaitingConnect, _) => {
                 // [MQTT-3.1.0-1]: the first packet must be CONNECT.
@@ -360,6 +525,9 @@ impl Channel {
     /// The connection's keep-alive, connect or retransmission deadline may
     /// have passed.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.paused_until.is_some_and(|at| at <= now) {
+            self.paused_until = None;
+        }
         if self.retry_at.is_some_and(|at| at <= now) {
             self.retransmit(now);
         }
@@ -370,8 +538,8 @@ impl Channel {
             return;
         }
         match self.state {
-            State::AwaitingConnect => {
-                debug!("no CONNECT within the connect timeout");
+            State::AwaitingConnect | State::Authenticating(_) => {
+                debug!("no CONNECT (or authentication) within the connect timeout");
                 self.close_now();
             }
             State::Connected(_) => {
@@ -424,6 +592,7 @@ impl Channel {
         if let State::Connected(_) = self.state {
             self.handle_kick(KickReason::ServerShutdown);
         } else {
+            self.pending_auth = None;
             self.state = State::Closed;
         }
     }
@@ -438,6 +607,7 @@ impl Channel {
     }
 
     fn close_now(&mut self) {
+        self.pending_auth = None;
         self.state = State::Closed;
     }
 
@@ -491,12 +661,6 @@ impl Channel {
             self.peer_max_packet_size = props.maximum_packet_size.unwrap_or(u32::MAX);
         }
 
-        if props.authentication_method.is_some() {
-            return self.refuse_connect(
-                rc::BAD_AUTHENTICATION_METHOD,
-                "no enhanced authentication method is configured",
-            );
-        }
         // Client identifier rules: [MQTT-3.1.3-7], [MQTT-3.1.3-8]; 3.1 limits it to 23 bytes.
         let mut assigned = None;
         let client_id: Arc<str> = if connect.client_id.is_empty() {
@@ -554,24 +718,163 @@ impl Channel {
 
         let client = ClientInfo {
             client_id: client_id.clone(),
-            username: connect.username.clone(),
+            username: self
+                .transport_username
+                .clone()
+                .or_else(|| connect.username.clone()),
             peer: self.peer,
             protocol: "mqtt",
         };
-        match self
-            .broker
-            .authenticator()
-            .authenticate(&client, connect.password.as_deref())
-        {
-            AuthOutcome::Allow => {}
-            AuthOutcome::BadCredentials => {
-                return self
-                    .refuse_connect(rc::BAD_USERNAME_OR_PASSWORD, "bad user name or password")
-            }
-            AuthOutcome::NotAuthorized => {
-                return self.refuse_connect(rc::NOT_AUTHORIZED, "not authorized")
+        let mut parked = ParkedConnect {
+            connect: Box::new(connect),
+            client,
+            will,
+            assigned,
+            enhanced: None,
+        };
+        if let Some(method) = parked.connect.properties.authentication_method.clone() {
+            // Enhanced authentication (§4.12).
+            match self.broker.authenticator().enhanced(&method, &parked.client) {
+                EnhancedStart::Unsupported => {
+                    return self.refuse_connect(
+                        rc::BAD_AUTHENTICATION_METHOD,
+                        "authentication method not supported",
+                    )
+                }
+                EnhancedStart::Refused(outcome) => {
+                    self.accept_auth_outcome(outcome);
+                    return;
+                }
+                EnhancedStart::Started(exchange) => {
+                    parked.enhanced = Some((method, exchange));
+                    let data = parked
+                        .connect
+                        .properties
+                        .authentication_data
+                        .clone()
+                        .unwrap_or_default();
+                    self.state = State::Authenticating(Box::new(parked));
+                    return self.enhanced_step(&data, now);
+                }
             }
         }
+        let check = self
+            .broker
+            .authenticator()
+            .check(&parked.client, parked.connect.password.as_deref());
+        match check {
+            AuthCheck::Ready(outcome) => {
+                if self.accept_auth_outcome(outcome) {
+                    self.finish_connect(parked, None, now);
+                }
+            }
+            AuthCheck::Pending(future) => {
+                self.pending_auth = Some(future);
+                self.state = State::Authenticating(Box::new(parked));
+            }
+        }
+    }
+
+    /// Count the outcome; refuse the CONNECT unless it is `Allow`.
+    fn accept_auth_outcome(&mut self, outcome: AuthOutcome) -> bool {
+        let metrics = self.broker.metrics();
+        match outcome {
+            AuthOutcome::Allow => {
+                metrics.inc(&metrics.auth_success);
+                true
+            }
+            AuthOutcome::BadCredentials => {
+                metrics.inc(&metrics.auth_failure);
+                self.refuse_connect(rc::BAD_USERNAME_OR_PASSWORD, "bad user name or password");
+                false
+            }
+            AuthOutcome::NotAuthorized => {
+                metrics.inc(&metrics.auth_failure);
+                self.refuse_connect(rc::NOT_AUTHORIZED, "not authorized");
+                false
+            }
+        }
+    }
+
+    /// An AUTH packet during enhanced authentication.
+    fn handle_auth_packet(&mut self, auth: Auth, now: Instant) {
+        let method_ok = match &self.state {
+            State::Authenticating(p) => p.enhanced.as_ref().is_some_and(|(m, _)| {
+                auth.properties.authentication_method.as_deref() == Some(m.as_str())
+            }),
+            _ => false,
+        };
+        if auth.reason != rc::CONTINUE_AUTHENTICATION || !method_ok {
+            // [MQTT-4.12.0-5]: same method; only Continue before CONNACK.
+            return self.refuse_connect(rc::PROTOCOL_ERROR, "bad AUTH during authentication");
+        }
+        let data = auth.properties.authentication_data.unwrap_or_default();
+        self.enhanced_step(&data, now);
+    }
+
+    fn enhanced_step(&mut self, data: &[u8], now: Instant) {
+        let State::Authenticating(parked) = &mut self.state else {
+            return;
+        };
+        let Some((method, exchange)) = parked.enhanced.as_mut() else {
+            return;
+        };
+        let method = method.clone();
+        match exchange.step(data) {
+            EnhancedStep::Continue(out) => {
+                self.output.push(Packet::Auth(Auth {
+                    reason: rc::CONTINUE_AUTHENTICATION,
+                    properties: Properties {
+                        authentication_method: Some(method),
+                        authentication_data: Some(out.into()),
+                        ..Properties::default()
+                    },
+                }));
+            }
+            EnhancedStep::Success { username, data } => {
+                let State::Authenticating(parked) =
+                    std::mem::replace(&mut self.state, State::Closed)
+                else {
+                    return;
+                };
+                let mut parked = *parked;
+                parked.enhanced = None;
+                parked.client.username = Some(username);
+                if self.accept_auth_outcome(AuthOutcome::Allow) {
+                    self.finish_connect(parked, Some((method, data)), now);
+                }
+            }
+            EnhancedStep::Failure(outcome) => {
+                let outcome = if outcome == AuthOutcome::Allow {
+                    AuthOutcome::NotAuthorized
+                } else {
+                    outcome
+                };
+                self.accept_auth_outcome(outcome);
+            }
+        }
+    }
+
+    /// The second half of CONNECT, once the client is authenticated: will
+    /// ACL, session, CONNACK. `enhanced` = (method, final data) for CONNACK.
+    fn finish_connect(
+        &mut self,
+        parked: ParkedConnect,
+        enhanced: Option<(String, Option<Vec<u8>>)>,
+        now: Instant,
+    ) {
+        let ParkedConnect {
+            connect,
+            client,
+            will,
+            assigned,
+            ..
+        } = parked;
+        let connect = *connect;
+        let v5 = self.version.is_v5();
+        let cfg = self.config.clone();
+        let props = &connect.properties;
+        let client_id = client.client_id.clone();
         if let Some(w) = &will {
             if !self
                 .broker
@@ -632,6 +935,10 @@ impl Channel {
             if keep_alive != connect.keep_alive || cfg.server_keep_alive.is_some() {
                 properties.server_keep_alive = Some(keep_alive);
             }
+            if let Some((method, data)) = enhanced {
+                properties.authentication_method = Some(method);
+                properties.authentication_data = data.map(Into::into);
+            }
         }
         self.output.push(Packet::ConnAck(ConnAck {
             session_present: opened.session_present,
@@ -674,7 +981,47 @@ impl Channel {
 
 // PUBLISH and its acknowledgements (§3.3–§3.7, §4.3).
 impl Channel {
+    /// Per-client message and byte rates (token buckets). Returns false
+    /// when the connection was closed for it.
+    fn within_rate(&mut self, publish: &Publish, now: Instant) -> bool {
+        if self.config.messages_rate == 0 && self.config.bytes_rate == 0 {
+            return true;
+        }
+        let bytes = (publish.payload.len() + publish.topic.len()) as f64;
+        let metrics = self.broker.metrics();
+        if self.config.disconnect_on_rate_exceeded
+            && !(self.message_bucket.fits(1.0, now) && self.byte_bucket.fits(bytes, now))
+        {
+            metrics.inc(&metrics.rate_limited);
+            self.violation(rc::MESSAGE_RATE_TOO_HIGH, "message rate too high");
+            return false;
+        }
+        let until = self
+            .message_bucket
+            .take(1.0, now)
+            .max(self.byte_bucket.take(bytes, now));
+        if let Some(until) = until {
+            if self.paused_until.is_none() {
+                metrics.inc(&metrics.rate_limited);
+                debug!(client_id = ?self.client_id(), "rate exceeded; input paused");
+            }
+            self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+        }
+        true
+    }
+
     fn handle_publish(&mut self, publish: Publish, now: Instant) {
+        if !self.within_rate(&publish, now) {
+            return;
+        }
+        {
+            let m = self.broker.metrics();
+            m.inc(match publish.qos {
+                QoS::AtMostOnce => &m.messages_qos0_received,
+                QoS::AtLeastOnce => &m.messages_qos1_received,
+                QoS::ExactlyOnce => &m.messages_qos2_received,
+            });
+        }
         let v5 = self.version.is_v5();
         let max_levels = self.broker.config().max_topic_levels;
         if !publish.properties.subscription_identifiers.is_empty() {
@@ -751,7 +1098,11 @@ impl Channel {
             (QoS::AtLeastOnce, Some(id)) => {
                 let reason = if !allowed {
                     rc::NOT_AUTHORIZED
-                } else if self.broker.publish(message, now) == 0 {
+                } else if self
+                    .broker
+                    .publish_with_backpressure(message, now, &mut self.backpressure)
+                    == 0
+                {
                     rc::NO_MATCHING_SUBSCRIBERS
                 } else {
                     rc::SUCCESS
@@ -775,7 +1126,11 @@ impl Channel {
                 };
                 match handle.begin_incoming_qos2(id, limit, now, self.config.await_rel_timeout) {
                     IncomingQos2::New => {
-                        let reason = if self.broker.publish(message, now) == 0 {
+                        let reason = if self
+                            .broker
+                            .publish_with_backpressure(message, now, &mut self.backpressure)
+                            == 0
+                        {
                             rc::NO_MATCHING_SUBSCRIBERS
                         } else {
                             rc::SUCCESS
@@ -922,6 +1277,16 @@ impl Channel {
             .first()
             .copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        // Filters held, for the per-client subscription quota.
+        let mut held: Option<std::collections::HashSet<Arc<str>>> =
+            (self.config.max_subscriptions > 0).then(|| {
+                handle
+                    .session
+                    .subscriptions()
+                    .into_iter()
+                    .map(|(f, _)| f)
+                    .collect()
+            });
         for (raw, opts) in &subscribe.filters {
             let parsed = match tributary_core::topic::parse_filter(raw, max_levels) {
                 Ok(p) => p,
@@ -966,6 +1331,21 @@ impl Channel {
                     rc::UNSPECIFIED_ERROR
                 });
                 continue;
+            }
+            if let Some(held) = held.as_mut() {
+                if !held.contains(raw.as_str()) {
+                    if held.len() >= self.config.max_subscriptions {
+                        let m = self.broker.metrics();
+                        m.inc(&m.subscriptions_refused_quota);
+                        reasons.push(if v5 {
+                            rc::QUOTA_EXCEEDED
+                        } else {
+                            rc::UNSPECIFIED_ERROR
+                        });
+                        continue;
+                    }
+                    held.insert(raw.as_str().into());
+                }
             }
             let granted = opts.qos.min(self.config.max_qos);
             let options = SubOptions {

@@ -5,6 +5,8 @@
 pub const SUCCESS: u8 = 0x00;
 /// Disconnect with will message.
 pub const DISCONNECT_WITH_WILL: u8 = 0x04;
+/// Continue authentication (AUTH, §3.15.2.1).
+pub const CONTINUE_AUTHENTICATION: u8 = 0x18;
 /// No matching subscribers.
 pub const NO_MATCHING_SUBSCRIBERS: u8 = 0x10;
 /// No subscription existed.
@@ -45,6 +47,8 @@ pub const RECEIVE_MAXIMUM_EXCEEDED: u8 = 0x93;
 pub const TOPIC_ALIAS_INVALID: u8 = 0x94;
 /// Packet too large.
 pub const PACKET_TOO_LARGE: u8 = 0x95;
+/// Message rate too high.
+pub const MESSAGE_RATE_TOO_HIGH: u8 = 0x96;
 /// Quota exceeded.
 pub const QUOTA_EXCEEDED: u8 = 0x97;
 /// Administrative action.

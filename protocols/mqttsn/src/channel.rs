@@ -37,7 +37,7 @@
 //! - §6.4 will updates (WILLTOPICUPD/WILLMSGUPD) replace the will in the core.
 //!
 //! Errors and refusals become return codes in one place per direction:
-//! [`Channel::refuse_connect`] for CONNACK, and the `InvalidTopicId` /
+//! `Channel::refuse_connect` for CONNACK, and the `InvalidTopicId` /
 //! `NotSupported` / `Congestion` codes chosen next to each handler.
 
 use std::collections::{HashMap, VecDeque};

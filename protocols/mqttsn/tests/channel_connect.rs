@@ -16,7 +16,10 @@ fn connect_without_will_is_answered_with_connack() {
     let mut c = Sn::new(&b, config(), Instant::now());
     c.connect("dev1", true, 60);
     assert_eq!(c.ch.client_id(), Some("dev1"));
-    assert_eq!(c.send(Packet::PingReq { client_id: None }), vec![Packet::PingResp]);
+    assert_eq!(
+        c.send(Packet::PingReq { client_id: None }),
+        vec![Packet::PingResp]
+    );
 }
 
 #[test]
@@ -27,18 +30,36 @@ fn bad_protocol_id_and_client_id_are_refused() {
     if let Packet::Connect(ref mut c) = bad {
         c.protocol_id = 2;
     }
-    assert_eq!(c.send(bad), vec![Packet::ConnAck { code: ReturnCode::NotSupported }]);
+    assert_eq!(
+        c.send(bad),
+        vec![Packet::ConnAck {
+            code: ReturnCode::NotSupported
+        }]
+    );
     assert!(c.ch.is_closed());
     let mut c = Sn::new(&b, config(), Instant::now());
-    assert_eq!(c.send(connect("", true, 60, false)), vec![Packet::ConnAck { code: ReturnCode::NotSupported }]);
+    assert_eq!(
+        c.send(connect("", true, 60, false)),
+        vec![Packet::ConnAck {
+            code: ReturnCode::NotSupported
+        }]
+    );
 }
 
 #[test]
 fn messages_before_connect_are_dropped() {
     let b = broker();
     let mut c = Sn::new(&b, config(), Instant::now());
-    assert_eq!(c.send(subscribe(SubTopic::Name("a".into()), 1, QoS::AtMostOnce)), vec![]);
-    assert_eq!(c.send(Packet::WillMsg { payload: Bytes::new() }), vec![]);
+    assert_eq!(
+        c.send(subscribe(SubTopic::Name("a".into()), 1, QoS::AtMostOnce)),
+        vec![]
+    );
+    assert_eq!(
+        c.send(Packet::WillMsg {
+            payload: Bytes::new()
+        }),
+        vec![]
+    );
     assert!(!c.ch.is_closed());
 }
 
@@ -49,11 +70,21 @@ fn will_flow_then_will_published_when_keep_alive_expires() {
     let watcher = Peer::new(&b, "watcher", t0);
     watcher.subscribe("will/#", CoreQoS::AtLeastOnce, t0);
     let mut c = Sn::new(&b, config(), t0);
-    assert_eq!(c.send(connect("dev1", true, 10, true)), vec![Packet::WillTopicReq]);
-    assert_eq!(c.send(will_topic("will/dev1", QoS::AtLeastOnce)), vec![Packet::WillMsgReq]);
     assert_eq!(
-        c.send(Packet::WillMsg { payload: Bytes::from_static(b"gone") }),
-        vec![Packet::ConnAck { code: ReturnCode::Accepted }]
+        c.send(connect("dev1", true, 10, true)),
+        vec![Packet::WillTopicReq]
+    );
+    assert_eq!(
+        c.send(will_topic("will/dev1", QoS::AtLeastOnce)),
+        vec![Packet::WillMsgReq]
+    );
+    assert_eq!(
+        c.send(Packet::WillMsg {
+            payload: Bytes::from_static(b"gone")
+        }),
+        vec![Packet::ConnAck {
+            code: ReturnCode::Accepted
+        }]
     );
     // Keep alive 10 s, supervised at 1.5 x.
     assert_eq!(c.advance(Duration::from_secs(14)), vec![]);
@@ -63,7 +94,11 @@ fn will_flow_then_will_published_when_keep_alive_expires() {
     c.finish();
     assert_eq!(
         watcher.received(c.now),
-        vec![("will/dev1".into(), Bytes::from_static(b"gone"), CoreQoS::AtLeastOnce)]
+        vec![(
+            "will/dev1".into(),
+            Bytes::from_static(b"gone"),
+            CoreQoS::AtLeastOnce
+        )]
     );
 }
 
@@ -71,8 +106,16 @@ fn will_flow_then_will_published_when_keep_alive_expires() {
 fn empty_will_topic_means_no_will() {
     let b = broker();
     let mut c = Sn::new(&b, config(), Instant::now());
-    assert_eq!(c.send(connect("dev1", true, 10, true)), vec![Packet::WillTopicReq]);
-    assert_eq!(c.send(Packet::WillTopic(None)), vec![Packet::ConnAck { code: ReturnCode::Accepted }]);
+    assert_eq!(
+        c.send(connect("dev1", true, 10, true)),
+        vec![Packet::WillTopicReq]
+    );
+    assert_eq!(
+        c.send(Packet::WillTopic(None)),
+        vec![Packet::ConnAck {
+            code: ReturnCode::Accepted
+        }]
+    );
 }
 
 #[test]
@@ -84,8 +127,13 @@ fn disconnect_discards_the_will() {
     let mut c = Sn::new(&b, config(), t0);
     c.send(connect("dev1", true, 10, true));
     c.send(will_topic("will/dev1", QoS::AtMostOnce));
-    c.send(Packet::WillMsg { payload: Bytes::from_static(b"gone") });
-    assert_eq!(c.send(Packet::Disconnect { duration: None }), vec![Packet::Disconnect { duration: None }]);
+    c.send(Packet::WillMsg {
+        payload: Bytes::from_static(b"gone"),
+    });
+    assert_eq!(
+        c.send(Packet::Disconnect { duration: None }),
+        vec![Packet::Disconnect { duration: None }]
+    );
     assert!(c.ch.is_closed());
     c.finish();
     assert_eq!(watcher.received(t0), vec![]);
@@ -100,27 +148,60 @@ fn will_updates_replace_topic_and_message() {
     let mut c = Sn::new(&b, config(), t0);
     c.send(connect("dev1", true, 10, true));
     c.send(will_topic("will/old", QoS::AtMostOnce));
-    c.send(Packet::WillMsg { payload: Bytes::from_static(b"old") });
-    let upd = Packet::WillTopicUpd(Some(WillTopic { qos: QoS::AtMostOnce, retain: false, topic: "will/new".into() }));
-    assert_eq!(c.send(upd), vec![Packet::WillTopicResp { code: ReturnCode::Accepted }]);
+    c.send(Packet::WillMsg {
+        payload: Bytes::from_static(b"old"),
+    });
+    let upd = Packet::WillTopicUpd(Some(WillTopic {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "will/new".into(),
+    }));
     assert_eq!(
-        c.send(Packet::WillMsgUpd { payload: Bytes::from_static(b"new") }),
-        vec![Packet::WillMsgResp { code: ReturnCode::Accepted }]
+        c.send(upd),
+        vec![Packet::WillTopicResp {
+            code: ReturnCode::Accepted
+        }]
+    );
+    assert_eq!(
+        c.send(Packet::WillMsgUpd {
+            payload: Bytes::from_static(b"new")
+        }),
+        vec![Packet::WillMsgResp {
+            code: ReturnCode::Accepted
+        }]
     );
     c.advance(Duration::from_secs(16));
     c.finish();
-    assert_eq!(watcher.received(c.now), vec![("will/new".into(), Bytes::from_static(b"new"), CoreQoS::AtMostOnce)]);
+    assert_eq!(
+        watcher.received(c.now),
+        vec![(
+            "will/new".into(),
+            Bytes::from_static(b"new"),
+            CoreQoS::AtMostOnce
+        )]
+    );
 
     // Deleting the will: nothing is published when the client is lost.
     let mut d = Sn::new(&b, config(), c.now);
     d.send(connect("dev2", true, 10, true));
     d.send(will_topic("will/dev2", QoS::AtMostOnce));
-    d.send(Packet::WillMsg { payload: Bytes::from_static(b"x") });
-    assert_eq!(d.send(Packet::WillTopicUpd(None)), vec![Packet::WillTopicResp { code: ReturnCode::Accepted }]);
+    d.send(Packet::WillMsg {
+        payload: Bytes::from_static(b"x"),
+    });
+    assert_eq!(
+        d.send(Packet::WillTopicUpd(None)),
+        vec![Packet::WillTopicResp {
+            code: ReturnCode::Accepted
+        }]
+    );
     // WILLMSGUPD without a will topic is not supported.
     assert_eq!(
-        d.send(Packet::WillMsgUpd { payload: Bytes::new() }),
-        vec![Packet::WillMsgResp { code: ReturnCode::NotSupported }]
+        d.send(Packet::WillMsgUpd {
+            payload: Bytes::new()
+        }),
+        vec![Packet::WillMsgResp {
+            code: ReturnCode::NotSupported
+        }]
     );
     d.advance(Duration::from_secs(16));
     d.finish();
@@ -140,7 +221,10 @@ fn same_client_id_elsewhere_takes_over() {
     assert!(old.ch.is_closed());
     old.finish();
     assert_eq!(b.session_count(), 1);
-    assert_eq!(new.send(Packet::PingReq { client_id: None }), vec![Packet::PingResp]);
+    assert_eq!(
+        new.send(Packet::PingReq { client_id: None }),
+        vec![Packet::PingResp]
+    );
 }
 
 #[test]
@@ -156,10 +240,18 @@ fn persistent_session_keeps_subscriptions_and_queues_messages() {
     peer.publish("xy", b"while away", CoreQoS::AtLeastOnce, t0);
     let mut again = Sn::new(&b, config(), t0);
     let out = again.send(connect("dev1", false, 60, false));
-    assert_eq!(out[0], Packet::ConnAck { code: ReturnCode::Accepted });
+    assert_eq!(
+        out[0],
+        Packet::ConnAck {
+            code: ReturnCode::Accepted
+        }
+    );
     match &out[1] {
         Packet::Publish(p) => {
-            assert_eq!((p.topic_id_type, p.topic_id, p.qos), (TopicIdType::Short, short("xy"), QoS::AtLeastOnce));
+            assert_eq!(
+                (p.topic_id_type, p.topic_id, p.qos),
+                (TopicIdType::Short, short("xy"), QoS::AtLeastOnce)
+            );
             assert_eq!(p.payload, Bytes::from_static(b"while away"));
         }
         other => panic!("expected PUBLISH, got {other:?}"),

@@ -33,11 +33,13 @@ fn text(min: usize) -> impl Strategy<Value = String> {
 }
 
 fn will_topic() -> impl Strategy<Value = Option<WillTopic>> {
-    prop::option::of((qos(), any::<bool>(), text(0)).prop_map(|(qos, retain, topic)| WillTopic {
-        qos,
-        retain,
-        topic,
-    }))
+    prop::option::of(
+        (qos(), any::<bool>(), text(0)).prop_map(|(qos, retain, topic)| WillTopic {
+            qos,
+            retain,
+            topic,
+        }),
+    )
 }
 
 fn sub_topic() -> impl Strategy<Value = SubTopic> {
@@ -58,18 +60,26 @@ fn topic_id_type() -> impl Strategy<Value = TopicIdType> {
 
 fn plain_packet() -> impl Strategy<Value = Packet> {
     prop_oneof![
-        (any::<u8>(), any::<u16>()).prop_map(|(gw_id, duration)| Packet::Advertise { gw_id, duration }),
+        (any::<u8>(), any::<u16>())
+            .prop_map(|(gw_id, duration)| Packet::Advertise { gw_id, duration }),
         any::<u8>().prop_map(|radius| Packet::SearchGw { radius }),
         (any::<u8>(), bytes(20)).prop_map(|(gw_id, gw_addr)| Packet::GwInfo { gw_id, gw_addr }),
-        (any::<bool>(), any::<bool>(), any::<u8>(), any::<u16>(), text(0)).prop_map(
-            |(will, clean_session, protocol_id, duration, client_id)| Packet::Connect(Connect {
-                will,
-                clean_session,
-                protocol_id,
-                duration,
-                client_id
-            })
-        ),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<u8>(),
+            any::<u16>(),
+            text(0)
+        )
+            .prop_map(|(will, clean_session, protocol_id, duration, client_id)| {
+                Packet::Connect(Connect {
+                    will,
+                    clean_session,
+                    protocol_id,
+                    duration,
+                    client_id,
+                })
+            }),
         code().prop_map(|code| Packet::ConnAck { code }),
         Just(Packet::WillTopicReq),
         will_topic().prop_map(Packet::WillTopic),
@@ -96,17 +106,19 @@ fn plain_packet() -> impl Strategy<Value = Packet> {
             any::<u16>(),
             bytes(600)
         )
-            .prop_map(|(dup, qos, retain, topic_id_type, topic_id, msg_id, payload)| {
-                Packet::Publish(Publish {
-                    dup,
-                    qos,
-                    retain,
-                    topic_id_type,
-                    topic_id,
-                    msg_id,
-                    payload,
-                })
-            }),
+            .prop_map(
+                |(dup, qos, retain, topic_id_type, topic_id, msg_id, payload)| {
+                    Packet::Publish(Publish {
+                        dup,
+                        qos,
+                        retain,
+                        topic_id_type,
+                        topic_id,
+                        msg_id,
+                        payload,
+                    })
+                }
+            ),
         (any::<u16>(), any::<u16>(), code()).prop_map(|(topic_id, msg_id, code)| Packet::PubAck {
             topic_id,
             msg_id,
@@ -131,7 +143,8 @@ fn plain_packet() -> impl Strategy<Value = Packet> {
                 code,
             }
         }),
-        (any::<u16>(), sub_topic()).prop_map(|(msg_id, topic)| Packet::Unsubscribe { msg_id, topic }),
+        (any::<u16>(), sub_topic())
+            .prop_map(|(msg_id, topic)| Packet::Unsubscribe { msg_id, topic }),
         any::<u16>().prop_map(|msg_id| Packet::UnsubAck { msg_id }),
         prop::option::of(text(1)).prop_map(|client_id| Packet::PingReq { client_id }),
         Just(Packet::PingResp),

@@ -309,7 +309,10 @@ fn malformed_datagrams() {
     assert_eq!(d(&[2, 0x17, 0xFF]), Err(DecodeError::TrailingBytes(1)));
     assert_eq!(d(&[2, 0x03]), Err(DecodeError::UnknownType(0x03)));
     assert_eq!(d(&[2, 0x11]), Err(DecodeError::UnknownType(0x11)));
-    assert_eq!(d(&[3, 0x0F, 0x00]), Err(DecodeError::ShortBody("acknowledgement")));
+    assert_eq!(
+        d(&[3, 0x0F, 0x00]),
+        Err(DecodeError::ShortBody("acknowledgement"))
+    );
     assert_eq!(d(&[3, 0x17, 0x00]), Err(DecodeError::LongBody("PINGRESP")));
     assert_eq!(
         d(&[7, 0x0C, 0x03, 0, 1, 0, 0]),

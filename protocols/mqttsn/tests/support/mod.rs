@@ -9,9 +9,13 @@ use bytes::Bytes;
 use tributary_core::auth::{AclRule, AllowAll, Permission, RuleAction, RuleAuthorizer, Who};
 use tributary_core::cluster::SingleNode;
 use tributary_core::storage::MemoryPersistence;
-use tributary_core::{Broker, BrokerConfig, ClientInfo, Message, SessionHandle, SessionRequest, SubOptions};
+use tributary_core::{
+    Broker, BrokerConfig, ClientInfo, Message, SessionHandle, SessionRequest, SubOptions,
+};
 use tributary_mqttsn::channel::{Channel, ChannelConfig};
-use tributary_mqttsn::packet::{Connect, Packet, Publish, QoS, ReturnCode, SubTopic, Subscribe, TopicIdType, WillTopic};
+use tributary_mqttsn::packet::{
+    Connect, Packet, Publish, QoS, ReturnCode, SubTopic, Subscribe, TopicIdType, WillTopic,
+};
 use tributary_mqttsn::topics::Predefined;
 
 pub fn broker() -> Arc<Broker> {
@@ -40,7 +44,10 @@ pub fn broker_denying(filter: &str) -> Arc<Broker> {
 
 pub fn config() -> ChannelConfig {
     ChannelConfig {
-        predefined: Arc::new(Predefined::new([(1, "pre/one".to_string()), (2, "ab".to_string())])),
+        predefined: Arc::new(Predefined::new([
+            (1, "pre/one".to_string()),
+            (2, "ab".to_string()),
+        ])),
         retry_interval: Duration::from_secs(10),
         max_retries: 3,
         ..ChannelConfig::default()
@@ -55,7 +62,12 @@ pub struct Sn {
 
 impl Sn {
     pub fn new(broker: &Arc<Broker>, config: ChannelConfig, t0: Instant) -> Sn {
-        let ch = Channel::new(broker.clone(), Arc::new(config), Some("127.0.0.1:5000".parse().expect("addr")), t0);
+        let ch = Channel::new(
+            broker.clone(),
+            Arc::new(config),
+            Some("127.0.0.1:5000".parse().expect("addr")),
+            t0,
+        );
         Sn { ch, now: t0 }
     }
 
@@ -83,13 +95,30 @@ impl Sn {
     /// Connect (no will) and check the CONNACK.
     pub fn connect(&mut self, client_id: &str, clean: bool, duration: u16) {
         let out = self.send(connect(client_id, clean, duration, false));
-        assert_eq!(out.first(), Some(&Packet::ConnAck { code: ReturnCode::Accepted }), "{out:?}");
+        assert_eq!(
+            out.first(),
+            Some(&Packet::ConnAck {
+                code: ReturnCode::Accepted
+            }),
+            "{out:?}"
+        );
     }
 
     /// REGISTER `name` from the client; returns the assigned id.
     pub fn register(&mut self, name: &str, msg_id: u16) -> u16 {
-        match self.send(Packet::Register { topic_id: 0, msg_id, topic_name: name.into() }).as_slice() {
-            [Packet::RegAck { topic_id, msg_id: m, code: ReturnCode::Accepted }] if *m == msg_id => *topic_id,
+        match self
+            .send(Packet::Register {
+                topic_id: 0,
+                msg_id,
+                topic_name: name.into(),
+            })
+            .as_slice()
+        {
+            [Packet::RegAck {
+                topic_id,
+                msg_id: m,
+                code: ReturnCode::Accepted,
+            }] if *m == msg_id => *topic_id,
             other => panic!("expected REGACK, got {other:?}"),
         }
     }
@@ -100,14 +129,30 @@ impl Sn {
 }
 
 pub fn connect(client_id: &str, clean: bool, duration: u16, will: bool) -> Packet {
-    Packet::Connect(Connect { will, clean_session: clean, protocol_id: 1, duration, client_id: client_id.into() })
+    Packet::Connect(Connect {
+        will,
+        clean_session: clean,
+        protocol_id: 1,
+        duration,
+        client_id: client_id.into(),
+    })
 }
 
 pub fn will_topic(topic: &str, qos: QoS) -> Packet {
-    Packet::WillTopic(Some(WillTopic { qos, retain: false, topic: topic.into() }))
+    Packet::WillTopic(Some(WillTopic {
+        qos,
+        retain: false,
+        topic: topic.into(),
+    }))
 }
 
-pub fn publish(kind: TopicIdType, topic_id: u16, msg_id: u16, qos: QoS, payload: &'static [u8]) -> Packet {
+pub fn publish(
+    kind: TopicIdType,
+    topic_id: u16,
+    msg_id: u16,
+    qos: QoS,
+    payload: &'static [u8],
+) -> Packet {
     Packet::Publish(Publish {
         dup: false,
         qos,
@@ -120,7 +165,12 @@ pub fn publish(kind: TopicIdType, topic_id: u16, msg_id: u16, qos: QoS, payload:
 }
 
 pub fn subscribe(topic: SubTopic, msg_id: u16, qos: QoS) -> Packet {
-    Packet::Subscribe(Subscribe { dup: false, qos, msg_id, topic })
+    Packet::Subscribe(Subscribe {
+        dup: false,
+        qos,
+        msg_id,
+        topic,
+    })
 }
 
 pub fn short(name: &str) -> u16 {
@@ -138,23 +188,35 @@ impl Peer {
     pub fn new(broker: &Arc<Broker>, client_id: &str, now: Instant) -> Peer {
         let opened = broker.open_session(
             SessionRequest {
-                client: ClientInfo { client_id: client_id.into(), username: None, peer: None, protocol: "mqtt" },
+                client: ClientInfo {
+                    client_id: client_id.into(),
+                    username: None,
+                    peer: None,
+                    protocol: "mqtt",
+                },
                 clean_start: true,
                 expiry_interval: 0,
                 will: None,
             },
             now,
         );
-        Peer { broker: broker.clone(), handle: opened.handle }
+        Peer {
+            broker: broker.clone(),
+            handle: opened.handle,
+        }
     }
 
     pub fn subscribe(&self, filter: &str, qos: tributary_core::QoS, now: Instant) {
-        self.broker.subscribe(&self.handle, filter, SubOptions::at(qos), now).expect("subscribe");
+        self.broker
+            .subscribe(&self.handle, filter, SubOptions::at(qos), now)
+            .expect("subscribe");
     }
 
     /// Everything delivered so far as (topic, payload, qos), acknowledged.
     pub fn received(&self, now: Instant) -> Vec<(String, Bytes, tributary_core::QoS)> {
-        let out = self.handle.take_for_send(now, 1000, 1000, self.broker.metrics(), |_| true);
+        let out = self
+            .handle
+            .take_for_send(now, 1000, 1000, self.broker.metrics(), |_| true);
         out.into_iter()
             .map(|o| {
                 if let Some(id) = o.packet_id {
@@ -163,12 +225,25 @@ impl Peer {
                         self.handle.complete_qos2(id);
                     }
                 }
-                (o.delivery.message.topic.to_string(), o.delivery.message.payload.clone(), o.delivery.qos)
+                (
+                    o.delivery.message.topic.to_string(),
+                    o.delivery.message.payload.clone(),
+                    o.delivery.qos,
+                )
             })
             .collect()
     }
 
-    pub fn publish(&self, topic: &str, payload: &'static [u8], qos: tributary_core::QoS, now: Instant) {
-        self.broker.publish(Message::new(topic, Bytes::from_static(payload), qos, false), now);
+    pub fn publish(
+        &self,
+        topic: &str,
+        payload: &'static [u8],
+        qos: tributary_core::QoS,
+        now: Instant,
+    ) {
+        self.broker.publish(
+            Message::new(topic, Bytes::from_static(payload), qos, false),
+            now,
+        );
     }
 }

@@ -1,0 +1,310 @@
+//! MQTT over WebSocket (RFC 6455; MQTT 5 §6): the upgrade and an adapter
+//! that turns WebSocket messages into the byte stream the MQTT driver reads.
+//!
+//! Handshake rules (DESIGN §2): the request path must be the listener's
+//! `path` (404 otherwise); of the subprotocols the client offers, the first
+//! one we support (`mqtt`, `mqttv3.1`, `mqtt-v3`, `mqtt-v3.1.1`, `mqtt-v5`)
+//! is echoed; a client that offers none is accepted without one (some
+//! clients send no header), a client that offers only unsupported ones is
+//! refused with 400 (RFC 6455 §4.2.2 would leave it to fail the connection).
+//! With `proxy_address_header` set, the first address of that header
+//! becomes the client's address.
+//!
+//! Data: binary messages only [MQTT-6.0.0-1]; a text message closes the
+//! connection. Messages are concatenated into one byte stream, so a packet
+//! may span messages and a message may hold several packets
+//! [MQTT-6.0.0-2]. Each driver flush becomes one binary message.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// Subprotocols accepted, as EMQX and MQTT.js / paho use them.
+pub const SUBPROTOCOLS: &[&str] = &["mqtt", "mqttv3.1", "mqtt-v3", "mqtt-v3.1.1", "mqtt-v5"];
+
+/// What the upgrade needs from the listener's configuration.
+#[derive(Debug, Clone)]
+pub struct WsSettings {
+    /// The endpoint path, e.g. `/mqtt`.
+    pub path: String,
+    /// Lower-case header name carrying the client address, if trusted.
+    pub proxy_address_header: Option<String>,
+    /// Largest message accepted.
+    pub max_frame_size: usize,
+}
+
+/// The subprotocol to echo for the offered `Sec-WebSocket-Protocol`
+/// values: the first supported one offered. `Err(())` when protocols
+/// were offered and none is supported.
+pub fn choose_subprotocol<'a>(offered: impl Iterator<Item = &'a str>) -> Result<Option<String>, ()> {
+    let mut any = false;
+    for value in offered {
+        for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            any = true;
+            if let Some(ours) = SUBPROTOCOLS.iter().find(|s| s.eq_ignore_ascii_case(p)) {
+                return Ok(Some((*ours).to_owned()));
+            }
+        }
+    }
+    if any {
+        Err(())
+    } else {
+        Ok(None)
+    }
+}
+
+/// The first address in a forwarding header (`X-Forwarded-For: client, proxy1`).
+pub fn forwarded_address(value: &str) -> Option<IpAddr> {
+    let first = value.split(',').next()?.trim();
+    first
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| first.parse::<SocketAddr>().ok().map(|a| a.ip()))
+}
+
+fn reject(status: StatusCode, why: &str) -> ErrorResponse {
+    let mut r = ErrorResponse::new(Some(why.to_owned()));
+    *r.status_mut() = status;
+    r
+}
+
+/// Upgrade `stream` to a WebSocket per the rules above. Returns the
+/// adapter and the client's address (forwarded or `peer`).
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    stream: S,
+    peer: SocketAddr,
+    settings: &WsSettings,
+) -> Result<(WsStream<S>, SocketAddr), tokio_tungstenite::tungstenite::Error> {
+    let mut client_addr = peer;
+    let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        if req.uri().path() != settings.path {
+            return Err(reject(StatusCode::NOT_FOUND, "no WebSocket endpoint here"));
+        }
+        let offered = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        match choose_subprotocol(offered) {
+            Ok(Some(p)) => {
+                if let Ok(v) = HeaderValue::from_str(&p) {
+                    resp.headers_mut().insert("sec-websocket-protocol", v);
+                }
+            }
+            Ok(None) => {}
+            Err(()) => {
+                return Err(reject(
+                    StatusCode::BAD_REQUEST,
+                    "no supported MQTT subprotocol offered",
+                ))
+            }
+        }
+        if let Some(header) = &settings.proxy_address_header {
+            if let Some(ip) = req
+                .headers()
+                .get(header.as_str())
+                .and_then(|v| v.to_str().ok())
+                .and_then(forwarded_address)
+            {
+                client_addr = SocketAddr::new(ip, peer.port());
+            }
+        }
+        Ok(resp)
+    };
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(settings.max_frame_size))
+        .max_frame_size(Some(settings.max_frame_size));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
+    Ok((WsStream::new(ws), client_addr))
+}
+
+/// Byte-stream view of a WebSocket: `AsyncRead` yields the payloads of
+/// binary messages in order; bytes written are sent as one binary message
+/// per flush.
+#[derive(Debug)]
+pub struct WsStream<S> {
+    inner: WebSocketStream<S>,
+    /// Unread rest of the current message; empty while idle.
+    pending: Bytes,
+    /// Bytes written since the last flush.
+    out: BytesMut,
+    /// The peer closed (or sent text): reads return end of stream.
+    eof: bool,
+}
+
+impl<S> WsStream<S> {
+    fn new(inner: WebSocketStream<S>) -> WsStream<S> {
+        WsStream {
+            inner,
+            pending: Bytes::new(),
+            out: BytesMut::new(),
+            eof: false,
+        }
+    }
+}
+
+fn to_io(e: tokio_tungstenite::tungstenite::Error) -> io::Error {
+    io::Error::other(e)
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.pending.is_empty() {
+                let n = this.pending.len().min(buf.remaining());
+                buf.put_slice(&this.pending[..n]);
+                this.pending.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut this.inner).poll_next(cx)) {
+                Some(Ok(Message::Binary(data))) => this.pending = data,
+                Some(Ok(Message::Text(_))) => {
+                    // [MQTT-6.0.0-1]: MQTT travels in binary frames only.
+                    tracing::debug!("text WebSocket frame; closing [MQTT-6.0.0-1]");
+                    this.eof = true;
+                }
+                Some(Ok(Message::Close(_))) | None => this.eof = true,
+                // Pings are answered by tungstenite itself.
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(to_io(e))),
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.out.is_empty() {
+            ready!(Pin::new(&mut this.inner).poll_ready(cx)).map_err(to_io)?;
+            let message = Message::Binary(this.out.split().freeze());
+            // Give the buffer's memory back while idle.
+            this.out = BytesMut::new();
+            Pin::new(&mut this.inner)
+                .start_send(message)
+                .map_err(to_io)?;
+        }
+        Pin::new(&mut this.inner).poll_flush(cx).map_err(to_io)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(Pin::new(&mut *this).poll_flush(cx))?;
+        Pin::new(&mut this.inner).poll_close(cx).map_err(to_io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_supported_offered_subprotocol_is_chosen() {
+        let pick = |v: &[&str]| choose_subprotocol(v.iter().copied());
+        assert_eq!(pick(&["mqtt"]), Ok(Some("mqtt".into())));
+        assert_eq!(pick(&["wamp, mqttv3.1, mqtt"]), Ok(Some("mqttv3.1".into())));
+        assert_eq!(pick(&["chat", "mqtt-v5"]), Ok(Some("mqtt-v5".into())));
+        assert_eq!(pick(&["MQTT"]), Ok(Some("mqtt".into())));
+        assert_eq!(pick(&[]), Ok(None));
+        assert_eq!(pick(&["chat"]), Err(()));
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_first_address() {
+        assert_eq!(
+            forwarded_address("203.0.113.7, 10.0.0.1"),
+            Some("203.0.113.7".parse().expect("ip"))
+        );
+        assert_eq!(
+            forwarded_address("2001:db8::1"),
+            Some("2001:db8::1".parse().expect("ip"))
+        );
+        assert_eq!(forwarded_address("unknown"), None);
+    }
+
+    #[tokio::test]
+    async fn packets_span_messages_and_messages_hold_packets() {
+        use futures_util::SinkExt;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server_io, client_io) = tokio::io::duplex(1 << 16);
+        let settings = WsSettings {
+            path: "/mqtt".into(),
+            proxy_address_header: Some("x-forwarded-for".into()),
+            max_frame_size: 1 << 20,
+        };
+        let peer: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+        let server = tokio::spawn(async move { accept(server_io, peer, &settings).await });
+        let req = tokio_tungstenite::tungstenite::http::Request::builder()
+            .uri("ws://localhost/mqtt")
+            .header("host", "localhost")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-protocol", "foo, mqtt-v3.1.1")
+            .header("x-forwarded-for", "198.51.100.4")
+            .body(())
+            .expect("request");
+        let (mut client, resp) = tokio_tungstenite::client_async(req, client_io)
+            .await
+            .expect("client handshake");
+        assert_eq!(
+            resp.headers().get("sec-websocket-protocol").map(|v| v.as_bytes()),
+            Some(&b"mqtt-v3.1.1"[..])
+        );
+        let (mut ws, addr) = server.await.expect("join").expect("server handshake");
+        assert_eq!(addr.ip().to_string(), "198.51.100.4");
+        client
+            .send(Message::Binary(Bytes::from_static(b"\x10\x02")))
+            .await
+            .expect("send");
+        client
+            .send(Message::Binary(Bytes::from_static(b"ab\xc0\x00")))
+            .await
+            .expect("send");
+        let mut got = [0u8; 6];
+        ws.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"\x10\x02ab\xc0\x00");
+        ws.write_all(b"\xd0\x00").await.expect("write");
+        ws.write_all(b"\xd0\x00").await.expect("write");
+        ws.flush().await.expect("flush");
+        use futures_util::StreamExt;
+        let m = client.next().await.expect("message").expect("ok");
+        assert_eq!(m, Message::Binary(Bytes::from_static(b"\xd0\x00\xd0\x00")));
+        client
+            .send(Message::Text("oops".into()))
+            .await
+            .expect("send");
+        let mut rest = Vec::new();
+        assert_eq!(ws.read_to_end(&mut rest).await.expect("eof"), 0);
+    }
+}
