@@ -17,7 +17,7 @@ use crate::duration;
 use crate::ConfigProblem;
 
 /// `[authentication]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthenticationConfig {
     /// Accept clients whose credentials no backend recognises (and clients without any).
@@ -33,18 +33,6 @@ pub struct AuthenticationConfig {
     pub jwt: JwtAuth,
     /// `[authentication.http]`: ask an HTTP service.
     pub http: HttpAuth,
-}
-
-impl Default for AuthenticationConfig {
-    fn default() -> Self {
-        Self {
-            allow_anonymous: None,
-            client_rules: Vec::new(),
-            built_in_database: BuiltInDatabase::default(),
-            jwt: JwtAuth::default(),
-            http: HttpAuth::default(),
-        }
-    }
 }
 
 impl AuthenticationConfig {
@@ -85,7 +73,7 @@ pub struct ClientRule {
 }
 
 /// `[authentication.built_in_database]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BuiltInDatabase {
     /// Whether this backend is in the chain. Default false.
@@ -95,16 +83,6 @@ pub struct BuiltInDatabase {
     pub users_file: String,
     /// Offer MQTT 5 enhanced authentication with SCRAM-SHA-256 against these users. Default false.
     pub scram: bool,
-}
-
-impl Default for BuiltInDatabase {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            users_file: String::new(),
-            scram: false,
-        }
-    }
 }
 
 /// JWT signature algorithm.

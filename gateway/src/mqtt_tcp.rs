@@ -120,16 +120,12 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext) {
 }
 
 impl ConnRead for tokio::net::tcp::OwnedReadHalf {
-    fn read_into<'a>(
-        &'a mut self,
-        rbuf: &'a mut BytesMut,
-        cap: usize,
-    ) -> impl std::future::Future<Output = bool> + Send + 'a {
-        async move { self.readable().await.is_ok() && read_available(self, rbuf, cap) }
+    async fn read_into(&mut self, rbuf: &mut BytesMut, cap: usize) -> bool {
+        self.readable().await.is_ok() && read_available(self, rbuf, cap)
     }
 
-    fn linger(&mut self) -> impl std::future::Future<Output = ()> + Send + '_ {
-        linger(self)
+    async fn linger(&mut self) {
+        linger(self).await
     }
 }
 

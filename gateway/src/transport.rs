@@ -31,16 +31,12 @@ pub trait ConnRead: Send {
     /// once it holds `cap` bytes). False when the peer closed or the
     /// transport failed. Cancel-safe: input is consumed only by a poll that
     /// completes the future.
-    fn read_into<'a>(
-        &'a mut self,
-        rbuf: &'a mut BytesMut,
-        cap: usize,
-    ) -> impl Future<Output = bool> + Send + 'a;
+    fn read_into(&mut self, rbuf: &mut BytesMut, cap: usize) -> impl Future<Output = bool> + Send;
 
     /// After our close: discard input until the peer closes or [`LINGER`]
     /// passes (closing with unread input makes the kernel send RST, which
     /// can destroy a DISCONNECT or CONNACK still in flight).
-    fn linger(&mut self) -> impl Future<Output = ()> + Send + '_;
+    fn linger(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 /// [`ConnRead`] for any `AsyncRead` (TLS, the WebSocket adapter).
@@ -48,27 +44,21 @@ pub trait ConnRead: Send {
 pub struct StreamRead<R>(pub R);
 
 impl<R: AsyncRead + Unpin + Send> ConnRead for StreamRead<R> {
-    fn read_into<'a>(
-        &'a mut self,
-        rbuf: &'a mut BytesMut,
-        cap: usize,
-    ) -> impl Future<Output = bool> + Send + 'a {
+    fn read_into(&mut self, rbuf: &mut BytesMut, cap: usize) -> impl Future<Output = bool> + Send {
         std::future::poll_fn(move |cx| poll_read_available(&mut self.0, cx, rbuf, cap))
     }
 
-    fn linger(&mut self) -> impl Future<Output = ()> + Send + '_ {
-        async move {
-            // On the heap, and only while lingering.
-            let mut scratch = vec![0u8; 1024];
-            let _ = tokio::time::timeout(LINGER, async {
-                while let Ok(n) = self.0.read(&mut scratch).await {
-                    if n == 0 {
-                        break;
-                    }
+    async fn linger(&mut self) {
+        // On the heap, and only while lingering.
+        let mut scratch = vec![0u8; 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(n) = self.0.read(&mut scratch).await {
+                if n == 0 {
+                    break;
                 }
-            })
-            .await;
-        }
+            }
+        })
+        .await;
     }
 }
 

@@ -43,23 +43,32 @@ pub struct WsSettings {
     pub max_frame_size: usize,
 }
 
-/// The subprotocol to echo for the offered `Sec-WebSocket-Protocol`
-/// values: the first supported one offered. `Err(())` when protocols
-/// were offered and none is supported.
-pub fn choose_subprotocol<'a>(offered: impl Iterator<Item = &'a str>) -> Result<Option<String>, ()> {
+/// What to answer to the offered subprotocols.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subprotocol {
+    /// Echo this one: the first supported one offered.
+    Chosen(String),
+    /// The client offered none: answer without one.
+    NoneOffered,
+    /// The client offered only protocols we do not speak.
+    Unsupported,
+}
+
+/// The answer for the offered `Sec-WebSocket-Protocol` header values.
+pub fn choose_subprotocol<'a>(offered: impl Iterator<Item = &'a str>) -> Subprotocol {
     let mut any = false;
     for value in offered {
         for p in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             any = true;
             if let Some(ours) = SUBPROTOCOLS.iter().find(|s| s.eq_ignore_ascii_case(p)) {
-                return Ok(Some((*ours).to_owned()));
+                return Subprotocol::Chosen((*ours).to_owned());
             }
         }
     }
     if any {
-        Err(())
+        Subprotocol::Unsupported
     } else {
-        Ok(None)
+        Subprotocol::NoneOffered
     }
 }
 
@@ -80,6 +89,8 @@ fn reject(status: StatusCode, why: &str) -> ErrorResponse {
 
 /// Upgrade `stream` to a WebSocket per the rules above. Returns the
 /// adapter and the client's address (forwarded or `peer`).
+// tungstenite's handshake callback returns its (large) error response by value.
+#[allow(clippy::result_large_err)]
 pub async fn accept<S: AsyncRead + AsyncWrite + Unpin + Send>(
     stream: S,
     peer: SocketAddr,
@@ -96,13 +107,13 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin + Send>(
             .iter()
             .filter_map(|v| v.to_str().ok());
         match choose_subprotocol(offered) {
-            Ok(Some(p)) => {
+            Subprotocol::Chosen(p) => {
                 if let Ok(v) = HeaderValue::from_str(&p) {
                     resp.headers_mut().insert("sec-websocket-protocol", v);
                 }
             }
-            Ok(None) => {}
-            Err(()) => {
+            Subprotocol::NoneOffered => {}
+            Subprotocol::Unsupported => {
                 return Err(reject(
                     StatusCode::BAD_REQUEST,
                     "no supported MQTT subprotocol offered",
@@ -230,12 +241,13 @@ mod tests {
     #[test]
     fn first_supported_offered_subprotocol_is_chosen() {
         let pick = |v: &[&str]| choose_subprotocol(v.iter().copied());
-        assert_eq!(pick(&["mqtt"]), Ok(Some("mqtt".into())));
-        assert_eq!(pick(&["wamp, mqttv3.1, mqtt"]), Ok(Some("mqttv3.1".into())));
-        assert_eq!(pick(&["chat", "mqtt-v5"]), Ok(Some("mqtt-v5".into())));
-        assert_eq!(pick(&["MQTT"]), Ok(Some("mqtt".into())));
-        assert_eq!(pick(&[]), Ok(None));
-        assert_eq!(pick(&["chat"]), Err(()));
+        let chosen = |s: &str| Subprotocol::Chosen(s.into());
+        assert_eq!(pick(&["mqtt"]), chosen("mqtt"));
+        assert_eq!(pick(&["wamp, mqttv3.1, mqtt"]), chosen("mqttv3.1"));
+        assert_eq!(pick(&["chat", "mqtt-v5"]), chosen("mqtt-v5"));
+        assert_eq!(pick(&["MQTT"]), chosen("mqtt"));
+        assert_eq!(pick(&[]), Subprotocol::NoneOffered);
+        assert_eq!(pick(&["chat"]), Subprotocol::Unsupported);
     }
 
     #[test]

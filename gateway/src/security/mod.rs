@@ -202,7 +202,7 @@ impl Chain {
         }
     }
 
-    fn from_http(&self, verdict: http::HttpVerdict, client: &ClientInfo) -> AuthOutcome {
+    fn http_outcome(&self, verdict: http::HttpVerdict, client: &ClientInfo) -> AuthOutcome {
         match verdict {
             http::HttpVerdict::Allow => AuthOutcome::Allow,
             http::HttpVerdict::Deny => AuthOutcome::BadCredentials,
@@ -220,7 +220,7 @@ impl Authenticator for Chain {
             Answer::Allow => AuthOutcome::Allow,
             Answer::Deny(o) => o,
             Answer::Ignore => match self.http.as_ref().and_then(|h| h.cached(client, password)) {
-                Some(v) => self.from_http(v, client),
+                Some(v) => self.http_outcome(v, client),
                 None => self.fallback(client),
             },
         }
@@ -238,7 +238,7 @@ impl Authenticator for Chain {
                     return AuthCheck::Ready(self.fallback(client));
                 };
                 if let Some(v) = http.cached(client, password) {
-                    return AuthCheck::Ready(self.from_http(v, client));
+                    return AuthCheck::Ready(self.http_outcome(v, client));
                 }
                 let ask = http.ask(client, password);
                 let fallback = self.fallback(client);
@@ -281,6 +281,32 @@ pub fn warn_if_open(config: &Config, listeners: &[Arc<ListenerStats>]) {
             );
         }
     }
+}
+
+/// Check every file the configuration names (users file, keys, ACL file,
+/// TLS certificates) the way start-up would use them.
+pub fn check_files(config: &Config) -> Result<(), String> {
+    Chain::new(config).map_err(|e| e.to_string())?;
+    let acl = config.authorization.file.trim();
+    if !acl.is_empty() {
+        acl_file::load(Path::new(acl)).map_err(|e| format!("authorization.file: {e}"))?;
+    }
+    let l = &config.listeners;
+    let tls = l
+        .ssl
+        .iter()
+        .map(|(n, s)| (format!("listeners.ssl.{n}.ssl_options"), &s.ssl_options))
+        .chain(
+            l.wss
+                .iter()
+                .map(|(n, s)| (format!("listeners.wss.{n}.ssl_options"), &s.ssl_options)),
+        );
+    for (key, options) in tls {
+        if options.is_configured() {
+            crate::tls::build(options).map_err(|e| format!("{key}: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -358,30 +384,4 @@ mod tests {
             AuthOutcome::NotAuthorized
         );
     }
-}
-
-/// Check every file the configuration names (users file, keys, ACL file,
-/// TLS certificates) the way start-up would use them.
-pub fn check_files(config: &Config) -> Result<(), String> {
-    Chain::new(config).map_err(|e| e.to_string())?;
-    let acl = config.authorization.file.trim();
-    if !acl.is_empty() {
-        acl_file::load(Path::new(acl)).map_err(|e| format!("authorization.file: {e}"))?;
-    }
-    let l = &config.listeners;
-    let tls = l
-        .ssl
-        .iter()
-        .map(|(n, s)| (format!("listeners.ssl.{n}.ssl_options"), &s.ssl_options))
-        .chain(
-            l.wss
-                .iter()
-                .map(|(n, s)| (format!("listeners.wss.{n}.ssl_options"), &s.ssl_options)),
-        );
-    for (key, options) in tls {
-        if options.is_configured() {
-            crate::tls::build(options).map_err(|e| format!("{key}: {e}"))?;
-        }
-    }
-    Ok(())
 }

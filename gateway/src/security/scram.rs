@@ -79,7 +79,7 @@ fn unescape(name: &str) -> Option<String> {
     Some(out)
 }
 
-fn attr<'a>(part: &'a str, key: char) -> Option<&'a str> {
+fn attr(part: &str, key: char) -> Option<&str> {
     part.strip_prefix(key)?.strip_prefix('=')
 }
 

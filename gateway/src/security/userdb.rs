@@ -301,7 +301,7 @@ pub fn delete_user(path: &Path, user: &str) -> Result<bool, UserDbError> {
     let before = text.lines().count();
     let kept: Vec<&str> = text
         .lines()
-        .filter(|l| !l.trim().split_once(':').is_some_and(|(u, _)| u == user))
+        .filter(|l| l.trim().split_once(':').is_none_or(|(u, _)| u != user))
         .collect();
     if kept.len() == before {
         return Ok(false);

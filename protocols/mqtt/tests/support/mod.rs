@@ -619,6 +619,18 @@ impl Harness {
         &self.client(c).channel
     }
 
+    /// Direct access to the channel, as the driver has it (auth futures,
+    /// transport user name); call [`Harness::settle`] afterwards.
+    pub fn channel_mut(&mut self, c: Conn) -> &mut Channel {
+        &mut self.client_mut(c).channel
+    }
+
+    /// Collect `c`'s output after direct channel calls, then settle.
+    pub fn flush(&mut self, c: Conn) {
+        self.collect(c.0);
+        self.pump();
+    }
+
     /// How many times the core signalled `c`'s driver so far.
     pub fn signalled_wakes(&self, c: Conn) -> usize {
         self.client(c).signalled_wakes
