@@ -157,7 +157,7 @@ pub struct HttpAuth {
     /// Extra request headers. Default none.
     pub headers: BTreeMap<String, String>,
     /// JSON body fields; `${clientid}`, `${username}`, `${password}`, `${peerhost}`,
-    /// `${cert_common_name}` and `${protocol}` expand. Default clientid, username, password, peerhost.
+    /// `${protocol}` expand. Default clientid, username, password, peerhost.
     pub body: BTreeMap<String, String>,
     /// How long an `allow` or `deny` answer is reused for the same credentials; `"0s"` = no cache.
     /// Default 60 s.

@@ -8,7 +8,7 @@
 //! backends that ask a remote service). Protocol channels stay sans-IO: they
 //! hand the future to their driver and resume when it resolves. MQTT 5
 //! enhanced authentication (§4.12) is a sequence of [`EnhancedAuth::step`]s
-//! obtained from [`Authenticator::enhanced`]. See ADR 0006.
+//! obtained from [`Authenticator::enhanced`]. See ADR 0011.
 
 use std::future::Future;
 use std::net::IpAddr;

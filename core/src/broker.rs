@@ -23,8 +23,8 @@ use crate::cluster::{ClusterBackend, SingleNode};
 use crate::message::{ClientId, Delivery, Message, QoS};
 use crate::metrics::Metrics;
 use crate::session::{
-    resend_list, ClientInfo, Queued, ConnectionSignal, KickReason, Overflow, QueueLimits, Resend, Session,
-    SessionHandle, SubOptions, Will,
+    resend_list, ClientInfo, ConnectionSignal, KickReason, Overflow, QueueLimits, Queued, Resend,
+    Session, SessionHandle, SubOptions, Will,
 };
 use crate::storage::{MemoryPersistence, Persistence};
 use crate::topic::{parse_filter, TopicError};
@@ -552,11 +552,21 @@ impl Broker {
     /// publishing connection should stop reading until each has room
     /// ([`crate::session::Session::room`]) rather than have acknowledged
     /// messages dropped (ADR 0009).
-    pub fn publish_with_backpressure(&self, message: Message, now: Instant, congested: &mut Vec<Arc<Session>>) -> usize {
+    pub fn publish_with_backpressure(
+        &self,
+        message: Message,
+        now: Instant,
+        congested: &mut Vec<Arc<Session>>,
+    ) -> usize {
         self.publish_flow(message, now, Some(congested))
     }
 
-    fn publish_flow(&self, message: Message, now: Instant, congested: Option<&mut Vec<Arc<Session>>>) -> usize {
+    fn publish_flow(
+        &self,
+        message: Message,
+        now: Instant,
+        congested: Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         self.metrics.inc(&self.metrics.messages_received);
         let message = Arc::new(message);
         if message.retain && self.config.retain_available {
@@ -593,7 +603,12 @@ impl Broker {
             .store(retained.len() as u64, Ordering::Relaxed);
     }
 
-    fn route(&self, message: &Arc<Message>, _now: Instant, mut congested: Option<&mut Vec<Arc<Session>>>) -> usize {
+    fn route(
+        &self,
+        message: &Arc<Message>,
+        _now: Instant,
+        mut congested: Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         let trie = self.subscriptions.read();
         let mut direct: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
         let mut shared: Vec<SharedPick<'_>> = Vec::new();
@@ -657,7 +672,12 @@ impl Broker {
 
     /// Queue one delivery; 1 if it was queued. Sessions that want the
     /// publisher to pause are added to `congested` (once each).
-    fn deliver_to(&self, session: &Arc<Session>, delivery: Delivery, congested: Option<&mut Vec<Arc<Session>>>) -> usize {
+    fn deliver_to(
+        &self,
+        session: &Arc<Session>,
+        delivery: Delivery,
+        congested: Option<&mut Vec<Arc<Session>>>,
+    ) -> usize {
         match session.deliver_flow(delivery, &self.config.queue, &self.metrics) {
             Queued::Yes => 1,
             Queued::OverLimit => {

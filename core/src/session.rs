@@ -265,7 +265,12 @@ impl Session {
 
     /// Queue a delivery, applying the bound and overflow policy, and wake
     /// the owner. Returns false when the delivery was dropped.
-    pub(crate) fn deliver(&self, delivery: Delivery, limits: &QueueLimits, metrics: &Metrics) -> bool {
+    pub(crate) fn deliver(
+        &self,
+        delivery: Delivery,
+        limits: &QueueLimits,
+        metrics: &Metrics,
+    ) -> bool {
         self.deliver_flow(delivery, limits, metrics) != Queued::Dropped
     }
 
@@ -277,7 +282,12 @@ impl Session {
     /// be), so it is queued beyond the bound instead — up to twice the
     /// bound — and [`Queued::OverLimit`] asks the publishing connection to
     /// stop reading until this session has room again.
-    pub(crate) fn deliver_flow(&self, delivery: Delivery, limits: &QueueLimits, metrics: &Metrics) -> Queued {
+    pub(crate) fn deliver_flow(
+        &self,
+        delivery: Delivery,
+        limits: &QueueLimits,
+        metrics: &Metrics,
+    ) -> Queued {
         let mut st = self.state.lock();
         if st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.store_qos0 {
             metrics.inc(&metrics.messages_dropped_offline_qos0);

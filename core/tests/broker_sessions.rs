@@ -4,7 +4,10 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use common::*;
 use tributary_core::auth::{
@@ -13,7 +16,7 @@ use tributary_core::auth::{
 use tributary_core::cluster::SingleNode;
 use tributary_core::session::Overflow;
 use tributary_core::storage::MemoryPersistence;
-use tributary_core::{Broker, BrokerConfig, CloseKind, KickReason, QoS, Resend};
+use tributary_core::{Broker, BrokerConfig, CloseKind, KickReason, Message, QoS, Resend};
 
 #[test]
 fn clean_start_discards_subscriptions_and_queue() {
@@ -126,9 +129,11 @@ fn queue_bound_drop_oldest_keeps_newest() {
     let b = broker_with_queue(3, true, Overflow::DropOldest);
     let s = connect(&b, "s", t0);
     subscribe(&b, &s, "t", QoS::AtLeastOnce, t0);
+    // QoS 0: the overflow policy applies (QoS 1/2 to an online session
+    // applies backpressure instead; see the test below).
     for i in 0..5 {
         assert_eq!(
-            publish(&b, "t", &i.to_string(), QoS::AtLeastOnce, t0),
+            publish(&b, "t", &i.to_string(), QoS::AtMostOnce, t0),
             1,
             "the new one is kept"
         );
@@ -145,11 +150,78 @@ fn queue_bound_drop_newest_keeps_oldest() {
     let s = connect(&b, "s", t0);
     subscribe(&b, &s, "t", QoS::AtLeastOnce, t0);
     let queued: Vec<usize> = (0..5)
-        .map(|i| publish(&b, "t", &i.to_string(), QoS::AtLeastOnce, t0))
+        .map(|i| publish(&b, "t", &i.to_string(), QoS::AtMostOnce, t0))
         .collect();
     assert_eq!(queued, [1, 1, 1, 0, 0]);
     assert_eq!(count(&b.metrics().messages_dropped_queue_full), 2);
     assert_eq!(payloads(&drain_all(&b, &s, t0)), ["0", "1", "2"]);
+}
+
+#[test]
+fn online_qos1_over_the_bound_is_kept_and_asks_the_publisher_to_pause() {
+    let t0 = Instant::now();
+    let b = broker_with_queue(3, true, Overflow::DropNewest);
+    let s = connect(&b, "s", t0);
+    subscribe(&b, &s, "t", QoS::AtLeastOnce, t0);
+    let mut congested = Vec::new();
+    for i in 0..3 {
+        let m = Message::new("t", Bytes::from(i.to_string()), QoS::AtLeastOnce, false);
+        assert_eq!(b.publish_with_backpressure(m, t0, &mut congested), 1);
+    }
+    assert!(congested.is_empty(), "within the bound nobody pauses");
+    // Over the bound: kept (it was acknowledged), and the publisher is told
+    // to pause on this session, once.
+    for i in 3..5 {
+        let m = Message::new("t", Bytes::from(i.to_string()), QoS::AtLeastOnce, false);
+        assert_eq!(b.publish_with_backpressure(m, t0, &mut congested), 1);
+    }
+    assert_eq!(congested.len(), 1);
+    assert!(Arc::ptr_eq(&congested[0], &s.session));
+    assert!(s.session.is_congested(3));
+    assert_eq!(count(&b.metrics().messages_dropped_queue_full), 0);
+    assert_eq!(count(&b.metrics().publish_backpressure), 2);
+    // Twice the bound is the hard limit: past it the policy applies.
+    for i in 5..7 {
+        publish(&b, "t", &i.to_string(), QoS::AtLeastOnce, t0);
+    }
+    assert_eq!(s.session.queue_len(), 6);
+    assert_eq!(count(&b.metrics().messages_dropped_queue_full), 1);
+    // Draining frees room and wakes paused publishers.
+    let mut room = std::pin::pin!(s.session.room());
+    room.as_mut().enable();
+    assert_eq!(
+        payloads(&drain_all(&b, &s, t0)),
+        ["0", "1", "2", "3", "4", "5"]
+    );
+    assert!(!s.session.is_congested(3));
+    assert!(futures_ready(room.as_mut()));
+}
+
+#[test]
+fn offline_qos1_follows_the_overflow_policy() {
+    let t0 = Instant::now();
+    let b = broker_with_queue(2, true, Overflow::DropNewest);
+    let s = connect_persistent(&b, "s", 3600, t0);
+    subscribe(&b, &s, "t", QoS::AtLeastOnce, t0);
+    b.close_session(
+        &s,
+        CloseKind::Normal {
+            publish_will: false,
+        },
+        t0,
+    );
+    let queued: Vec<usize> = (0..4)
+        .map(|i| publish(&b, "t", &i.to_string(), QoS::AtLeastOnce, t0))
+        .collect();
+    assert_eq!(queued, [1, 1, 0, 0]);
+    assert_eq!(count(&b.metrics().messages_dropped_queue_full), 2);
+}
+
+/// Poll a future once with a no-op waker: true when it is ready.
+fn futures_ready<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    f.poll(&mut cx).is_ready()
 }
 
 #[test]

@@ -37,7 +37,10 @@ pub fn log(
     } else {
         backends.join(", ")
     };
-    let acl = match (config.authorization.rules.len(), config.authorization.file.trim()) {
+    let acl = match (
+        config.authorization.rules.len(),
+        config.authorization.file.trim(),
+    ) {
         (n, "") => format!("{n} inline rules"),
         (n, file) => format!("{n} inline rules + {file}"),
     };

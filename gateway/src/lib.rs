@@ -33,11 +33,11 @@ pub mod stomp_http;
 pub mod stomp_tcp;
 pub mod stomp_ws;
 pub mod stream_listeners;
+pub mod sys;
 pub mod tls;
 pub mod transport;
-pub mod ws;
-pub mod sys;
 pub mod wiring;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -106,11 +106,22 @@ mod tests {
 
     #[test]
     fn conn_rate_bucket_refuses_past_the_burst() {
-        let s = ListenerStats::new("tcp", "t", "127.0.0.1:1".parse().expect("addr"), String::new(), 3);
+        let s = ListenerStats::new(
+            "tcp",
+            "t",
+            "127.0.0.1:1".parse().expect("addr"),
+            String::new(),
+            3,
+        );
         let taken = (0..10).filter(|_| s.take_conn_token()).count();
         assert_eq!(taken, 3);
-        let unlimited =
-            ListenerStats::new("tcp", "t", "127.0.0.1:1".parse().expect("addr"), String::new(), 0);
+        let unlimited = ListenerStats::new(
+            "tcp",
+            "t",
+            "127.0.0.1:1".parse().expect("addr"),
+            String::new(),
+            0,
+        );
         assert!((0..100).all(|_| unlimited.take_conn_token()));
     }
 }

@@ -64,7 +64,8 @@ pub fn set(filter: &str) -> Result<(), String> {
     let control = CONTROL
         .get()
         .ok_or_else(|| "logging is not controlled by this process".to_owned())?;
-    let parsed = EnvFilter::try_new(filter).map_err(|e| format!("invalid filter {filter:?}: {e}"))?;
+    let parsed =
+        EnvFilter::try_new(filter).map_err(|e| format!("invalid filter {filter:?}: {e}"))?;
     control
         .handle
         .reload(parsed)

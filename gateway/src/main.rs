@@ -161,13 +161,13 @@ fn users(config: &Config, action: UsersCommand) -> ExitCode {
                 .map(|()| format!("user {name:?} written to {}", path.display()))
                 .map_err(|e| e.to_string())
         }),
-        UsersCommand::Delete { name, file } => users_file(config, file).and_then(|path| {
-            match userdb::delete_user(&path, &name) {
+        UsersCommand::Delete { name, file } => {
+            users_file(config, file).and_then(|path| match userdb::delete_user(&path, &name) {
                 Ok(true) => Ok(format!("user {name:?} removed from {}", path.display())),
                 Ok(false) => Err(format!("no user {name:?} in {}", path.display())),
                 Err(e) => Err(e.to_string()),
-            }
-        }),
+            })
+        }
     };
     match result {
         Ok(msg) => {
@@ -199,37 +199,59 @@ fn ctl(
     let first = config.api.api_keys.first();
     let target = Target {
         addr,
-        key: key.or_else(|| first.map(|k| k.key.clone())).unwrap_or_default(),
+        key: key
+            .or_else(|| first.map(|k| k.key.clone()))
+            .unwrap_or_default(),
         secret: secret
             .or_else(|| first.map(|k| k.secret.clone()))
             .unwrap_or_default(),
     };
     use hyper::Method;
     let (method, path, body) = match what {
-        CtlCommand::Clients { op: ClientsOp::List } => (Method::GET, "/api/v5/clients?limit=10000".to_owned(), None),
-        CtlCommand::Clients { op: ClientsOp::Show { clientid } } => {
-            (Method::GET, format!("/api/v5/clients/{}", encode_segment(&clientid)), None)
-        }
-        CtlCommand::Clients { op: ClientsOp::Kick { clientid } } => {
-            (Method::DELETE, format!("/api/v5/clients/{}", encode_segment(&clientid)), None)
-        }
+        CtlCommand::Clients {
+            op: ClientsOp::List,
+        } => (Method::GET, "/api/v5/clients?limit=10000".to_owned(), None),
+        CtlCommand::Clients {
+            op: ClientsOp::Show { clientid },
+        } => (
+            Method::GET,
+            format!("/api/v5/clients/{}", encode_segment(&clientid)),
+            None,
+        ),
+        CtlCommand::Clients {
+            op: ClientsOp::Kick { clientid },
+        } => (
+            Method::DELETE,
+            format!("/api/v5/clients/{}", encode_segment(&clientid)),
+            None,
+        ),
         CtlCommand::Subscriptions { clientid } => (
             Method::GET,
             match clientid {
-                Some(c) => format!("/api/v5/subscriptions?limit=10000&clientid={}", encode_segment(&c)),
+                Some(c) => format!(
+                    "/api/v5/subscriptions?limit=10000&clientid={}",
+                    encode_segment(&c)
+                ),
                 None => "/api/v5/subscriptions?limit=10000".to_owned(),
             },
             None,
         ),
-        CtlCommand::Retained { op: RetainedOp::List { topic } } => (
+        CtlCommand::Retained {
+            op: RetainedOp::List { topic },
+        } => (
             Method::GET,
             match topic {
-                Some(t) => format!("/api/v5/mqtt/retainer/messages?limit=10000&topic={}", encode_segment(&t)),
+                Some(t) => format!(
+                    "/api/v5/mqtt/retainer/messages?limit=10000&topic={}",
+                    encode_segment(&t)
+                ),
                 None => "/api/v5/mqtt/retainer/messages?limit=10000".to_owned(),
             },
             None,
         ),
-        CtlCommand::Retained { op: RetainedOp::Delete { topic } } => (
+        CtlCommand::Retained {
+            op: RetainedOp::Delete { topic },
+        } => (
             Method::DELETE,
             format!("/api/v5/mqtt/retainer/message/{}", encode_topic(&topic)),
             None,
@@ -242,7 +264,10 @@ fn ctl(
         ),
         CtlCommand::Status => (Method::GET, "/api/v5/status".to_owned(), None),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("tributary ctl: cannot start the runtime: {e}");
@@ -268,7 +293,10 @@ fn ctl(
             }
         }
         Err(e) => {
-            eprintln!("tributary ctl: cannot reach the API at {}: {e}", target.addr);
+            eprintln!(
+                "tributary ctl: cannot reach the API at {}: {e}",
+                target.addr
+            );
             ExitCode::FAILURE
         }
     }

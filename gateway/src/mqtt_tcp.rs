@@ -158,7 +158,11 @@ pub(crate) async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
     let mut paused_at = now();
     let mailbox_bound = ctx.broker.config().queue.max_len;
     loop {
-        if channel.has_output() && flush(&mut channel, &mut wbuf, &mut writer, metrics).await.is_err() {
+        if channel.has_output()
+            && flush(&mut channel, &mut wbuf, &mut writer, metrics)
+                .await
+                .is_err()
+        {
             break;
         }
         if channel.is_closed() {
@@ -190,7 +194,9 @@ pub(crate) async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             // subscriber; instead this publisher stops reading until the
             // subscriber's mailbox has room (ADR 0009).
             let pause_end = paused_at + MAX_PAUSE;
-            let deadline = channel.next_deadline().map_or(pause_end, |d| d.min(pause_end));
+            let deadline = channel
+                .next_deadline()
+                .map_or(pause_end, |d| d.min(pause_end));
             tokio::select! {
                 _ = wait_for_room(&paused, mailbox_bound) => paused.clear(),
                 _ = async { match &signal { Some(s) => s.notified().await, None => std::future::pending().await } } => {
@@ -376,7 +382,10 @@ async fn flush<W: AsyncWrite + Unpin>(
     };
     let result = match tokio::time::timeout(WRITE_STALL, write).await {
         Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "client stopped reading")),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "client stopped reading",
+        )),
     };
     wbuf.clear();
     result

@@ -171,14 +171,34 @@ pub async fn start_all(
         );
         tls_sources.push(tls.clone());
         let kind = StreamKind::Ssl(tls);
-        planned.push(("ssl", name, s.bind, s.max_connections, s.max_conn_rate, s.tcp_nodelay, kind));
+        planned.push((
+            "ssl",
+            name,
+            s.bind,
+            s.max_connections,
+            s.max_conn_rate,
+            s.tcp_nodelay,
+            kind,
+        ));
     }
     for (name, w) in &l.ws {
         if !w.enabled {
             continue;
         }
-        let kind = StreamKind::Ws(Arc::new(ws_settings(&w.path, &w.proxy_address_header, w.max_frame_size)));
-        planned.push(("ws", name, w.bind, w.max_connections, w.max_conn_rate, w.tcp_nodelay, kind));
+        let kind = StreamKind::Ws(Arc::new(ws_settings(
+            &w.path,
+            &w.proxy_address_header,
+            w.max_frame_size,
+        )));
+        planned.push((
+            "ws",
+            name,
+            w.bind,
+            w.max_connections,
+            w.max_conn_rate,
+            w.tcp_nodelay,
+            kind,
+        ));
     }
     for (name, w) in &l.wss {
         if !(w.enabled && w.ssl_options.is_configured()) {
@@ -191,9 +211,21 @@ pub async fn start_all(
         tls_sources.push(tls.clone());
         let kind = StreamKind::Wss(
             tls,
-            Arc::new(ws_settings(&w.path, &w.proxy_address_header, w.max_frame_size)),
+            Arc::new(ws_settings(
+                &w.path,
+                &w.proxy_address_header,
+                w.max_frame_size,
+            )),
         );
-        planned.push(("wss", name, w.bind, w.max_connections, w.max_conn_rate, w.tcp_nodelay, kind));
+        planned.push((
+            "wss",
+            name,
+            w.bind,
+            w.max_connections,
+            w.max_conn_rate,
+            w.tcp_nodelay,
+            kind,
+        ));
     }
     for (transport, name, bind, max_connections, max_conn_rate, nodelay, kind) in planned {
         let listener = TcpListener::bind(bind)

@@ -131,7 +131,8 @@ impl TlsSource {
 
     /// Handshake over `tcp` with the current configuration, bounded by the
     /// handshake timeout. Returns the stream and, when configured, the
-    /// user name from the client certificate's CN.
+    /// user name from the client certificate's CN (a connection without
+    /// one is refused then).
     pub async fn accept(
         &self,
         tcp: TcpStream,
@@ -139,18 +140,27 @@ impl TlsSource {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.current());
         let stream = tokio::time::timeout(self.handshake_timeout(), acceptor.accept(tcp))
             .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout"))??;
-        let cn = if self.cn_as_username() {
-            stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(|leaf| crate::der::subject_common_name(leaf.as_ref()))
-        } else {
-            None
-        };
-        Ok((stream, cn))
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timeout")
+            })??;
+        if !self.cn_as_username() {
+            return Ok((stream, None));
+        }
+        let cn = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| crate::der::subject_common_name(leaf.as_ref()));
+        match cn {
+            Some(cn) => Ok((stream, Some(cn))),
+            // The user name must come from the certificate: without a CN
+            // the client would get to pick its own.
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "peer_cert_as_username = \"cn\" but the client certificate has no CN",
+            )),
+        }
     }
 }
 
@@ -201,8 +211,8 @@ pub fn build(o: &TlsOptions) -> Result<ServerConfig, TlsError> {
     if o.versions.iter().any(|v| v == "tlsv1.2") {
         versions.push(&rustls::version::TLS12);
     }
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&versions)?;
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = match o.verify {
         TlsVerify::VerifyNone => builder.with_no_client_auth(),
         TlsVerify::VerifyPeer => {
@@ -212,7 +222,8 @@ pub fn build(o: &TlsOptions) -> Result<ServerConfig, TlsError> {
                     .add(ca)
                     .map_err(|e| file_error("cacertfile", &o.cacertfile, e))?;
             }
-            let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
             if !o.fail_if_no_peer_cert {
                 verifier = verifier.allow_unauthenticated();
             }
@@ -232,8 +243,7 @@ pub async fn reloader(sources: Vec<Arc<TlsSource>>, mut shutdown: watch::Receive
         return;
     }
     #[cfg(unix)]
-    let mut hangup =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let interval = sources
         .iter()
         .map(|s| s.options.reload_interval)

@@ -53,8 +53,9 @@ pub fn broker(config: &Config) -> Result<Broker, crate::security::SecurityError>
     };
     let mut authorizer = authorizer(config);
     if !config.authorization.file.trim().is_empty() {
-        let file =
-            crate::security::acl_file::load(std::path::Path::new(config.authorization.file.trim()))?;
+        let file = crate::security::acl_file::load(std::path::Path::new(
+            config.authorization.file.trim(),
+        ))?;
         authorizer.rules.extend(file.rules);
         if let Some(catch_all) = file.catch_all {
             authorizer.no_match = catch_all;

@@ -137,7 +137,8 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin + Send>(
         .write_buffer_size(0)
         .max_message_size(Some(settings.max_frame_size))
         .max_frame_size(Some(settings.max_frame_size));
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
+    let ws =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
     Ok((WsStream::new(ws), client_addr))
 }
 
@@ -290,7 +291,9 @@ mod tests {
             .await
             .expect("client handshake");
         assert_eq!(
-            resp.headers().get("sec-websocket-protocol").map(|v| v.as_bytes()),
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.as_bytes()),
             Some(&b"mqtt-v3.1.1"[..])
         );
         let (mut ws, addr) = server.await.expect("join").expect("server handshake");

@@ -271,3 +271,17 @@ def test_json_logs(start_broker):
     first = broker.output().splitlines()[0]
     record = json.loads(first)
     assert record["level"] == "INFO" and "fields" in record
+
+
+def test_sys_topics_carry_the_new_counters(start_broker, client):
+    broker = start_broker(env={"TRIBUTARY__NODE__SYS_INTERVAL": "200ms"})
+    c = client(broker.port, "sys-reader")
+    c.connect()
+    assert c.subscribe("$SYS/brokers/+/metrics/#", 0) == [0]
+    seen = {}
+    deadline = time.monotonic() + 5
+    while not {"auth_success", "bytes_received", "connections_refused"} <= seen.keys():
+        assert time.monotonic() < deadline, sorted(seen)
+        m = c.expect()
+        seen[m.topic.rsplit("/", 1)[1]] = int(m.payload)
+    assert seen["auth_success"] >= 1 and seen["bytes_received"] > 0

@@ -140,6 +140,16 @@ topics = ["users/%u/#"]
     c.close()
 
 
+
+def test_cn_mode_refuses_a_client_without_certificate(start_broker, pki):
+    extra = (MTLS.format(ca=pki.ca_file) + 'peer_cert_as_username = "cn"\n'
+             + "fail_if_no_peer_cert = false\n")
+    _, tls_port = start_tls(start_broker, pki, extra)
+    # Without a certificate there is no CN: the client must not pick its own user name.
+    ctx = ssl.create_default_context(cafile=str(pki.ca_file))
+    assert connect_raw_tls(tls_port, ctx) == b""
+
+
 def test_sighup_reloads_certificates_and_keeps_connections(start_broker, pki, tmp_path, client):
     broker, tls_port = start_tls(start_broker, pki)
     old = mqtt_client(tls_port, "old-conn", V311, ca=str(pki.ca_file))

@@ -20,7 +20,8 @@ use crate::mqtt_tcp::now;
 
 /// Parse a JSON body, mapping every failure to a JSON 400.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// `payload_encoding`.
@@ -117,7 +118,10 @@ pub async fn publish(State(state): State<ApiState>, body: Bytes) -> Result<Respo
 }
 
 /// `POST /api/v5/publish/bulk`: an array of publish requests, one result each.
-pub async fn publish_bulk(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn publish_bulk(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let reqs: Vec<PublishRequest> = parse_body(&body)?;
     if reqs.is_empty() {
         return Err(ApiError::bad_request("empty request list"));
@@ -125,8 +129,9 @@ pub async fn publish_bulk(State(state): State<ApiState>, body: Bytes) -> Result<
     // Validate everything first: a bad entry publishes nothing.
     let levels = state.broker.config().max_topic_levels;
     for (i, r) in reqs.iter().enumerate() {
-        tributary_core::topic::validate_topic_name(&r.topic, levels)
-            .map_err(|e| ApiError::bad_request(format!("[{i}]: invalid topic {:?}: {e}", r.topic)))?;
+        tributary_core::topic::validate_topic_name(&r.topic, levels).map_err(|e| {
+            ApiError::bad_request(format!("[{i}]: invalid topic {:?}: {e}", r.topic))
+        })?;
     }
     let results = reqs
         .into_iter()
@@ -149,7 +154,11 @@ fn paged(items: Vec<Value>, q: &Page) -> Value {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let page = q.page.unwrap_or(1).max(1);
     let count = items.len();
-    let data: Vec<Value> = items.into_iter().skip((page - 1) * limit).take(limit).collect();
+    let data: Vec<Value> = items
+        .into_iter()
+        .skip((page - 1) * limit)
+        .take(limit)
+        .collect();
     json!({"data": data, "meta": {"page": page, "limit": limit, "count": count, "hasnext": page * limit < count}})
 }
 
@@ -172,7 +181,11 @@ pub async fn clients(State(state): State<ApiState>, Query(q): Query<Page>) -> Js
     let items = all
         .iter()
         .filter(|(i, _, _)| q.clientid.as_deref().is_none_or(|c| *i.client_id == *c))
-        .filter(|(i, _, _)| q.username.as_deref().is_none_or(|u| i.username.as_deref() == Some(u)))
+        .filter(|(i, _, _)| {
+            q.username
+                .as_deref()
+                .is_none_or(|u| i.username.as_deref() == Some(u))
+        })
         .map(|(i, online, subs)| client_json(i, *online, *subs))
         .collect();
     Json(paged(items, &q))
@@ -193,11 +206,17 @@ pub async fn client(
 }
 
 /// `DELETE /api/v5/clients/{clientid}`: kick (MQTT 5: DISCONNECT 0x98).
-pub async fn kick(State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn kick(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     if state.broker.kick(&id, KickReason::Administrative) {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(ApiError::not_found("CLIENTID_NOT_FOUND", format!("no connected client {id:?}")))
+        Err(ApiError::not_found(
+            "CLIENTID_NOT_FOUND",
+            format!("no connected client {id:?}"),
+        ))
     }
 }
 
@@ -339,7 +358,9 @@ pub async fn retained_one(
         .broker
         .retained(&topic, now())
         .map(|m| Json(retained_json(&m)))
-        .ok_or_else(|| ApiError::not_found("NOT_FOUND", format!("no retained message on {topic:?}")))
+        .ok_or_else(|| {
+            ApiError::not_found("NOT_FOUND", format!("no retained message on {topic:?}"))
+        })
 }
 
 /// `DELETE /api/v5/mqtt/retainer/message/{topic}`.
@@ -348,12 +369,16 @@ pub async fn retained_delete(
     Path(topic): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     if state.broker.retained(&topic, now()).is_none() {
-        return Err(ApiError::not_found("NOT_FOUND", format!("no retained message on {topic:?}")));
+        return Err(ApiError::not_found(
+            "NOT_FOUND",
+            format!("no retained message on {topic:?}"),
+        ));
     }
     // An empty retained message clears the topic (MQTT §3.3.1.3).
-    state
-        .broker
-        .publish(Message::new(topic.as_str(), Bytes::new(), QoS::AtMostOnce, true), now());
+    state.broker.publish(
+        Message::new(topic.as_str(), Bytes::new(), QoS::AtMostOnce, true),
+        now(),
+    );
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -144,13 +144,15 @@ async fn require_key(State(state): State<ApiState>, req: Request, next: Next) ->
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b64| STANDARD.decode(b64.trim()).ok())
         .and_then(|raw| String::from_utf8(raw).ok());
-    let ok = supplied.as_deref().and_then(|s| s.split_once(':')).is_some_and(|(k, s)| {
-        // Check every key so the time taken does not tell which one matched.
-        state
-            .keys
-            .iter()
-            .fold(false, |acc, (key, secret)| (same(k, key) & same(s, secret)) | acc)
-    });
+    let ok = supplied
+        .as_deref()
+        .and_then(|s| s.split_once(':'))
+        .is_some_and(|(k, s)| {
+            // Check every key so the time taken does not tell which one matched.
+            state.keys.iter().fold(false, |acc, (key, secret)| {
+                (same(k, key) & same(s, secret)) | acc
+            })
+        });
     if !ok {
         let mut resp = ApiError {
             status: StatusCode::UNAUTHORIZED,

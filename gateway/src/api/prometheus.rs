@@ -55,25 +55,43 @@ pub fn render(state: &ApiState) -> String {
             *by_protocol.entry(info.protocol).or_default() += 1;
         }
     }
-    let _ = writeln!(out, "# HELP tributary_clients_online Online clients by protocol.");
+    let _ = writeln!(
+        out,
+        "# HELP tributary_clients_online Online clients by protocol."
+    );
     let _ = writeln!(out, "# TYPE tributary_clients_online gauge");
     for (protocol, n) in &by_protocol {
-        let _ = writeln!(out, "tributary_clients_online{{protocol=\"{protocol}\"}} {n}");
+        let _ = writeln!(
+            out,
+            "tributary_clients_online{{protocol=\"{protocol}\"}} {n}"
+        );
     }
     type Getter = fn(&crate::listener_stats::ListenerStats) -> u64;
     let series: [(&str, &str, &str, Getter); 4] = [
-        ("listener_connections", "gauge", "Connections open on the listener.", |l| {
-            l.connections.load(Ordering::Relaxed)
-        }),
-        ("listener_accepted_total", "counter", "Connections served by the listener.", |l| {
-            l.accepted.load(Ordering::Relaxed)
-        }),
-        ("listener_refused_total", "counter", "Connections refused by the listener's limit or rate.", |l| {
-            l.refused.load(Ordering::Relaxed)
-        }),
-        ("listener_handshake_failures_total", "counter", "Failed TLS handshakes or WebSocket upgrades.", |l| {
-            l.handshake_failures.load(Ordering::Relaxed)
-        }),
+        (
+            "listener_connections",
+            "gauge",
+            "Connections open on the listener.",
+            |l| l.connections.load(Ordering::Relaxed),
+        ),
+        (
+            "listener_accepted_total",
+            "counter",
+            "Connections served by the listener.",
+            |l| l.accepted.load(Ordering::Relaxed),
+        ),
+        (
+            "listener_refused_total",
+            "counter",
+            "Connections refused by the listener's limit or rate.",
+            |l| l.refused.load(Ordering::Relaxed),
+        ),
+        (
+            "listener_handshake_failures_total",
+            "counter",
+            "Failed TLS handshakes or WebSocket upgrades.",
+            |l| l.handshake_failures.load(Ordering::Relaxed),
+        ),
     ];
     for (name, kind, text, get) in series {
         let _ = writeln!(out, "# HELP tributary_{name} {text}");
@@ -100,7 +118,10 @@ fn escape(v: &str) -> String {
 /// The handler.
 pub async fn handler(State(state): State<ApiState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         render(&state),
     )
         .into_response()

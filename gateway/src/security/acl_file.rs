@@ -175,7 +175,9 @@ impl Parser<'_> {
                     self.pos += 1;
                 }
                 let text = String::from_utf8_lossy(&self.src[start..self.pos]).into_owned();
-                text.parse().map(Term::Num).or_else(|_| self.err("bad number"))
+                text.parse()
+                    .map(Term::Num)
+                    .or_else(|_| self.err("bad number"))
             }
             Some(c) => self.err(format!("unexpected `{}`", *c as char)),
             None => self.err("unexpected end of file"),
@@ -238,9 +240,7 @@ fn subject(t: &Term) -> Result<Vec<Vec<Who>>, String> {
                 }
                 Ok(alts)
             }
-            [Term::Atom(_), Term::Tuple(inner)]
-                if matches!(inner.first(), Some(Term::Atom(r)) if r == "re") =>
-            {
+            [Term::Atom(_), Term::Tuple(inner)] if matches!(inner.first(), Some(Term::Atom(r)) if r == "re") => {
                 Err("regular expressions ({re, ...}) are not supported".into())
             }
             _ => Err(format!("unknown subject {t:?}")),
@@ -300,10 +300,16 @@ pub fn parse(name: &str, text: &str) -> Result<AclFile, AclFileError> {
         let term = p.term().map_err(|(l, m)| err(l, m))?;
         p.expect(b'.').map_err(|(l, m)| err(l, m))?;
         if out.catch_all.is_some() {
-            return Err(err(line, "rule after the catch-all `{allow|deny, all}.` can never match".into()));
+            return Err(err(
+                line,
+                "rule after the catch-all `{allow|deny, all}.` can never match".into(),
+            ));
         }
         let Term::Tuple(items) = term else {
-            return Err(err(line, "a rule is a tuple `{Permission, Who, Action, Topics}`".into()));
+            return Err(err(
+                line,
+                "a rule is a tuple `{Permission, Who, Action, Topics}`".into(),
+            ));
         };
         match items.as_slice() {
             [perm, Term::Atom(all)] if all == "all" => {
@@ -330,7 +336,12 @@ pub fn parse(name: &str, text: &str) -> Result<AclFile, AclFileError> {
                     });
                 }
             }
-            _ => return Err(err(line, "a rule is `{Permission, Who, Action, Topics}` or `{Permission, all}`".into())),
+            _ => {
+                return Err(err(
+                    line,
+                    "a rule is `{Permission, Who, Action, Topics}` or `{Permission, all}`".into(),
+                ))
+            }
         }
     }
     Ok(out)
@@ -387,15 +398,33 @@ mod tests {
             no_match: Permission::Deny,
         };
         let remote = client("c1", None, "10.1.1.1");
-        assert_eq!(authz.authorize(&remote, Action::Subscribe, "#"), Permission::Deny);
-        assert_eq!(authz.authorize(&remote, Action::Subscribe, "$SYS/x"), Permission::Deny);
-        assert_eq!(authz.authorize(&remote, Action::Publish, "t/c1/x"), Permission::Allow);
+        assert_eq!(
+            authz.authorize(&remote, Action::Subscribe, "#"),
+            Permission::Deny
+        );
+        assert_eq!(
+            authz.authorize(&remote, Action::Subscribe, "$SYS/x"),
+            Permission::Deny
+        );
+        assert_eq!(
+            authz.authorize(&remote, Action::Publish, "t/c1/x"),
+            Permission::Allow
+        );
         let local = client("x", None, "127.0.0.1");
-        assert_eq!(authz.authorize(&local, Action::Subscribe, "#"), Permission::Allow);
+        assert_eq!(
+            authz.authorize(&local, Action::Subscribe, "#"),
+            Permission::Allow
+        );
         let dash = client("d", Some("dashboard"), "10.9.9.9");
-        assert_eq!(authz.authorize(&dash, Action::Subscribe, "$SYS/#"), Permission::Allow);
+        assert_eq!(
+            authz.authorize(&dash, Action::Subscribe, "$SYS/#"),
+            Permission::Allow
+        );
         let b = client("q", Some("b"), "10.9.9.9");
-        assert_eq!(authz.authorize(&b, Action::Publish, "ab/1"), Permission::Allow);
+        assert_eq!(
+            authz.authorize(&b, Action::Publish, "ab/1"),
+            Permission::Allow
+        );
     }
 
     #[test]

@@ -96,7 +96,11 @@ impl HttpBackend {
             port,
             path,
             timeout: c.timeout,
-            headers: c.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            headers: c
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
             body: c.body.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             cache_ttl: c.cache_ttl,
             cache_size: c.cache_size as usize,
@@ -199,7 +203,10 @@ impl HttpBackend {
         }
     }
 
-    async fn request(&self, body: String) -> Result<HttpVerdict, Box<dyn std::error::Error + Send + Sync>> {
+    async fn request(
+        &self,
+        body: String,
+    ) -> Result<HttpVerdict, Box<dyn std::error::Error + Send + Sync>> {
         let addr: SocketAddr = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await?
             .next()
@@ -222,7 +229,9 @@ impl HttpBackend {
         for (k, v) in &self.headers {
             req = req.header(k.as_str(), v.as_str());
         }
-        let resp = sender.send_request(req.body(Full::new(Bytes::from(body)))?).await?;
+        let resp = sender
+            .send_request(req.body(Full::new(Bytes::from(body)))?)
+            .await?;
         let status = resp.status();
         let bytes = Limited::new(resp.into_body(), MAX_RESPONSE)
             .collect()
@@ -285,7 +294,9 @@ mod tests {
     #[tokio::test]
     async fn asks_a_real_server_and_caches() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = tokio::spawn(async move {
             let mut served = 0;

@@ -139,12 +139,11 @@ impl JwtVerifier {
         }
         let ok = match &self.key {
             Key::Hs256(k) => hmac::verify(k, signed.as_bytes(), &sig).is_ok(),
-            Key::Rs256(der) => signature::UnparsedPublicKey::new(
-                &signature::RSA_PKCS1_2048_8192_SHA256,
-                der,
-            )
-            .verify(signed.as_bytes(), &sig)
-            .is_ok(),
+            Key::Rs256(der) => {
+                signature::UnparsedPublicKey::new(&signature::RSA_PKCS1_2048_8192_SHA256, der)
+                    .verify(signed.as_bytes(), &sig)
+                    .is_ok()
+            }
         };
         if !ok {
             return Verdict::Invalid("bad signature");
@@ -229,14 +228,29 @@ mod tests {
         let c = client();
         let good = hs256("k3y", r#"{"sub":"dev-1","exp":2000}"#);
         assert_eq!(v.verify_token(&good, &c, 1000.0), Verdict::Valid);
-        assert_eq!(v.verify_token(&good, &c, 2000.0), Verdict::Invalid("expired"));
+        assert_eq!(
+            v.verify_token(&good, &c, 2000.0),
+            Verdict::Invalid("expired")
+        );
         let wrong_key = hs256("other", r#"{"sub":"dev-1"}"#);
-        assert_eq!(v.verify_token(&wrong_key, &c, 0.0), Verdict::Invalid("bad signature"));
+        assert_eq!(
+            v.verify_token(&wrong_key, &c, 0.0),
+            Verdict::Invalid("bad signature")
+        );
         let wrong_sub = hs256("k3y", r#"{"sub":"dev-2"}"#);
-        assert_eq!(v.verify_token(&wrong_sub, &c, 0.0), Verdict::Invalid("claim mismatch"));
+        assert_eq!(
+            v.verify_token(&wrong_sub, &c, 0.0),
+            Verdict::Invalid("claim mismatch")
+        );
         let early = hs256("k3y", r#"{"sub":"dev-1","nbf":50}"#);
-        assert_eq!(v.verify_token(&early, &c, 10.0), Verdict::Invalid("not yet valid"));
-        assert_eq!(v.verify_token("plain-password", &c, 0.0), Verdict::NotAToken);
+        assert_eq!(
+            v.verify_token(&early, &c, 10.0),
+            Verdict::Invalid("not yet valid")
+        );
+        assert_eq!(
+            v.verify_token("plain-password", &c, 0.0),
+            Verdict::NotAToken
+        );
     }
 
     #[test]

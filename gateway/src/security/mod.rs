@@ -29,9 +29,7 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 use tributary_config::{ClientRule, ClientRulePermission, Config};
-use tributary_core::auth::{
-    ip_in_net, AuthCheck, AuthOutcome, Authenticator, EnhancedStart,
-};
+use tributary_core::auth::{ip_in_net, AuthCheck, AuthOutcome, Authenticator, EnhancedStart};
 use tributary_core::ClientInfo;
 
 use crate::listener_stats::ListenerStats;
@@ -89,7 +87,10 @@ fn compile_rule(r: &ClientRule) -> CompiledRule {
         };
         let ip: std::net::IpAddr = addr.trim().parse().ok()?;
         let max = if ip.is_ipv4() { 32 } else { 128 };
-        Some((ip, prefix.and_then(|p| p.trim().parse().ok()).unwrap_or(max)))
+        Some((
+            ip,
+            prefix.and_then(|p| p.trim().parse().ok()).unwrap_or(max),
+        ))
     });
     CompiledRule {
         allow: r.permission == ClientRulePermission::Allow,
@@ -337,7 +338,10 @@ mod tests {
     fn anonymous_switch_semantics() {
         let mut config = Config::default();
         let chain = Chain::new(&config).expect("chain");
-        assert_eq!(chain.authenticate(&client("a", None), None), AuthOutcome::Allow);
+        assert_eq!(
+            chain.authenticate(&client("a", None), None),
+            AuthOutcome::Allow
+        );
         config.authentication.allow_anonymous = Some(false);
         let chain = Chain::new(&config).expect("chain");
         assert_eq!(
@@ -378,7 +382,10 @@ mod tests {
             },
         ];
         let chain = Chain::new(&config).expect("chain");
-        assert_eq!(chain.authenticate(&client("ok-1", None), None), AuthOutcome::Allow);
+        assert_eq!(
+            chain.authenticate(&client("ok-1", None), None),
+            AuthOutcome::Allow
+        );
         assert_eq!(
             chain.authenticate(&client("other", None), None),
             AuthOutcome::NotAuthorized

@@ -98,7 +98,8 @@ impl EnhancedAuth for ScramExchange {
             Stage::First => {
                 // gs2-header: "n,," or "y,," (no channel binding), optional authzid.
                 let mut parts = text.splitn(3, ',');
-                let (Some(cb), Some(_authzid), Some(bare)) = (parts.next(), parts.next(), parts.next())
+                let (Some(cb), Some(_authzid), Some(bare)) =
+                    (parts.next(), parts.next(), parts.next())
                 else {
                     return fail();
                 };
@@ -121,8 +122,10 @@ impl EnhancedAuth for ScramExchange {
                 let (salt, iterations) = match &credential {
                     Some(c) => (c.salt.clone(), c.iterations),
                     None => (
-                        hmac_sha256(b"tributary-scram-unknown-user", user.as_bytes())[..16].to_vec(),
-                        NonZeroU32::new(super::userdb::DEFAULT_ITERATIONS).unwrap_or(NonZeroU32::MIN),
+                        hmac_sha256(b"tributary-scram-unknown-user", user.as_bytes())[..16]
+                            .to_vec(),
+                        NonZeroU32::new(super::userdb::DEFAULT_ITERATIONS)
+                            .unwrap_or(NonZeroU32::MIN),
                     ),
                 };
                 let server_first = format!("r={nonce},s={},i={iterations}", STANDARD.encode(salt));
@@ -192,7 +195,11 @@ mod tests {
     use super::*;
 
     /// A client side of the exchange, as a test oracle (RFC 5802 §3).
-    fn client_final(password: &[u8], client_first_bare: &str, server_first: &str) -> (String, Vec<u8>) {
+    fn client_final(
+        password: &[u8],
+        client_first_bare: &str,
+        server_first: &str,
+    ) -> (String, Vec<u8>) {
         let mut salt = None;
         let mut iterations = 0;
         let mut nonce = "";
@@ -221,11 +228,15 @@ mod tests {
         let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
         let server_key = hmac_sha256(&salted, b"Server Key");
         let expected = hmac_sha256(&server_key, auth_message.as_bytes());
-        (format!("{without_proof},p={}", STANDARD.encode(proof)), expected)
+        (
+            format!("{without_proof},p={}", STANDARD.encode(proof)),
+            expected,
+        )
     }
 
     fn db_with(user: &str, password: &str) -> Arc<UserDb> {
-        let dir = std::env::temp_dir().join(format!("tributary-scram-{}-{user}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("tributary-scram-{}-{user}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("users.txt");
         let _ = std::fs::remove_file(&path);
@@ -249,7 +260,10 @@ mod tests {
                     data,
                     Some(format!("v={}", STANDARD.encode(expected)).into_bytes())
                 );
-                EnhancedStep::Success { username, data: None }
+                EnhancedStep::Success {
+                    username,
+                    data: None,
+                }
             }
             other => other,
         }
@@ -258,7 +272,10 @@ mod tests {
     #[test]
     fn right_password_succeeds_and_server_proves_itself() {
         let db = db_with("user", "pencil");
-        assert!(matches!(run(db, "user", "pencil"), EnhancedStep::Success { .. }));
+        assert!(matches!(
+            run(db, "user", "pencil"),
+            EnhancedStep::Success { .. }
+        ));
     }
 
     #[test]
@@ -278,7 +295,10 @@ mod tests {
     fn channel_binding_and_garbage_are_refused() {
         let db = db_with("user3", "pencil");
         let mut x = ScramExchange::new(db.clone());
-        assert!(matches!(x.step(b"p=tls-unique,,n=user3,r=abc"), EnhancedStep::Failure(_)));
+        assert!(matches!(
+            x.step(b"p=tls-unique,,n=user3,r=abc"),
+            EnhancedStep::Failure(_)
+        ));
         let mut x = ScramExchange::new(db);
         assert!(matches!(x.step(b"\xff"), EnhancedStep::Failure(_)));
         assert_eq!(unescape("a=2Cb=3Dc").as_deref(), Some("a,b=c"));

@@ -9,7 +9,7 @@
 //! 16-byte salt, 32 bytes long, in the PHC string style (unpadded
 //! standard base64). PBKDF2-SHA256 is exactly SCRAM-SHA-256's `Hi()`
 //! (RFC 5802 §2.2), so the same entry serves plain CONNECT passwords and
-//! MQTT 5 enhanced authentication (ADR 0007). `tributary users add` writes
+//! MQTT 5 enhanced authentication (ADR 0012). `tributary users add` writes
 //! entries; the file is re-read when its modification time changes (checked
 //! at most every [`RECHECK`]).
 
@@ -234,7 +234,9 @@ impl UserDb {
                         info!(file = %self.path.display(), users = users.len(), "users file reloaded");
                         st.users = Arc::new(users);
                     }
-                    Err(e) => warn!(error = %e, "users file not reloaded; keeping the previous users"),
+                    Err(e) => {
+                        warn!(error = %e, "users file not reloaded; keeping the previous users")
+                    }
                 }
             }
         }
@@ -249,7 +251,12 @@ impl UserDb {
 
 /// Add or replace `user` in the file at `path` (created if missing),
 /// keeping every other line as it is.
-pub fn add_user(path: &Path, user: &str, password: &str, iterations: u32) -> Result<(), UserDbError> {
+pub fn add_user(
+    path: &Path,
+    user: &str,
+    password: &str,
+    iterations: u32,
+) -> Result<(), UserDbError> {
     if user.is_empty() || user.contains(':') || user.contains(char::is_whitespace) {
         return Err(UserDbError::Invalid(
             "user name must be non-empty, without `:` or whitespace".into(),

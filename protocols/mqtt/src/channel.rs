@@ -734,7 +734,11 @@ impl Channel {
         };
         if let Some(method) = parked.connect.properties.authentication_method.clone() {
             // Enhanced authentication (§4.12).
-            match self.broker.authenticator().enhanced(&method, &parked.client) {
+            match self
+                .broker
+                .authenticator()
+                .enhanced(&method, &parked.client)
+            {
                 EnhancedStart::Unsupported => {
                     return self.refuse_connect(
                         rc::BAD_AUTHENTICATION_METHOD,
@@ -1098,10 +1102,11 @@ impl Channel {
             (QoS::AtLeastOnce, Some(id)) => {
                 let reason = if !allowed {
                     rc::NOT_AUTHORIZED
-                } else if self
-                    .broker
-                    .publish_with_backpressure(message, now, &mut self.backpressure)
-                    == 0
+                } else if self.broker.publish_with_backpressure(
+                    message,
+                    now,
+                    &mut self.backpressure,
+                ) == 0
                 {
                     rc::NO_MATCHING_SUBSCRIBERS
                 } else {
@@ -1126,10 +1131,11 @@ impl Channel {
                 };
                 match handle.begin_incoming_qos2(id, limit, now, self.config.await_rel_timeout) {
                     IncomingQos2::New => {
-                        let reason = if self
-                            .broker
-                            .publish_with_backpressure(message, now, &mut self.backpressure)
-                            == 0
+                        let reason = if self.broker.publish_with_backpressure(
+                            message,
+                            now,
+                            &mut self.backpressure,
+                        ) == 0
                         {
                             rc::NO_MATCHING_SUBSCRIBERS
                         } else {

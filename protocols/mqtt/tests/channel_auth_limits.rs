@@ -85,7 +85,10 @@ fn harness(config: ChannelConfig) -> Harness {
 
 /// Drive the pending decision the way the gateway's driver does.
 fn resolve(h: &mut Harness, c: Conn) {
-    let mut future = h.channel_mut(c).take_auth_future().expect("a pending decision");
+    let mut future = h
+        .channel_mut(c)
+        .take_auth_future()
+        .expect("a pending decision");
     let mut cx = Context::from_waker(Waker::noop());
     let Poll::Ready(outcome) = future.as_mut().poll(&mut cx) else {
         panic!("test futures resolve at once");
@@ -162,13 +165,25 @@ fn enhanced_authentication_exchange() {
         panic!("expected AUTH");
     };
     assert_eq!(challenge.reason, rc::CONTINUE_AUTHENTICATION);
-    assert_eq!(challenge.properties.authentication_method.as_deref(), Some("TEST"));
-    assert_eq!(challenge.properties.authentication_data.as_deref(), Some(&b"challenge"[..]));
+    assert_eq!(
+        challenge.properties.authentication_method.as_deref(),
+        Some("TEST")
+    );
+    assert_eq!(
+        challenge.properties.authentication_data.as_deref(),
+        Some(&b"challenge"[..])
+    );
     h.send(c, auth(rc::CONTINUE_AUTHENTICATION, "TEST", b"answer"));
     let ack = h.next(c).connack();
     assert_eq!(ack.code, rc::SUCCESS);
-    assert_eq!(ack.properties.authentication_method.as_deref(), Some("TEST"));
-    assert_eq!(ack.properties.authentication_data.as_deref(), Some(&b"done"[..]));
+    assert_eq!(
+        ack.properties.authentication_method.as_deref(),
+        Some("TEST")
+    );
+    assert_eq!(
+        ack.properties.authentication_data.as_deref(),
+        Some(&b"done"[..])
+    );
     let clients = h.broker().clients();
     assert_eq!(clients[0].0.username.as_deref(), Some("echo-user"));
 }
@@ -205,7 +220,8 @@ fn enhanced_authentication_failures() {
 fn transport_username_replaces_the_connects() {
     let mut h = Harness::new();
     let c = h.open();
-    h.channel_mut(c).set_transport_username(Some("device-7".into()));
+    h.channel_mut(c)
+        .set_transport_username(Some("device-7".into()));
     h.send(c, connect("cn").username("mallory").password(b"x"));
     assert_eq!(h.next(c).connack().code, rc::SUCCESS);
     assert_eq!(
