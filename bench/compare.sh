@@ -43,6 +43,7 @@ CONNS=${CONNS:-100000}                  # idle connections (capped by the fd lim
 CONN_SOURCES=${CONN_SOURCES:-4}         # 127.0.0.1..N source addresses
 CONN_HOLD=${CONN_HOLD:-10s}             # idle time before the RSS sample
 QUEUE=${QUEUE:-100000}                  # per-client message queue where configurable
+INFLIGHT=${INFLIGHT:-100}               # server->client QoS 1/2 window, same for every broker
 BROKERS=${BROKERS:-"tributary mosquitto rumqttd"}
 SCENARIOS=${SCENARIOS:-"p2p-q0 p2p-q1 fanin-q0 fanin-q1 fanout-q0 fanout-q1 rate-20000 rate-60000 conns"}
 BROKER_CPU=${BROKER_CPU:-0}             # core for the broker
@@ -132,6 +133,7 @@ write_configs() {
 listener $PORT_MOSQUITTO 127.0.0.1
 allow_anonymous true
 max_queued_messages $QUEUE
+max_inflight_messages $INFLIGHT
 max_queued_bytes 0
 max_connections -1
 set_tcp_nodelay true
@@ -160,7 +162,7 @@ next_connection_delay_ms = 0
     [v4.1.connections]
     connection_timeout_ms = 60000
     max_payload_size = 1048576
-    max_inflight_count = 100
+    max_inflight_count = $INFLIGHT
     dynamic_filters = true
 
 [v5.1]
@@ -170,7 +172,7 @@ next_connection_delay_ms = 0
     [v5.1.connections]
     connection_timeout_ms = 60000
     max_payload_size = 1048576
-    max_inflight_count = 100
+    max_inflight_count = $INFLIGHT
 EOF
 }
 
@@ -192,6 +194,7 @@ start_broker() {
       TRIBUTARY__LOG__LEVEL=warn \
       TRIBUTARY__NODE__SYS_INTERVAL=0s \
       TRIBUTARY__MQTT__MAX_MQUEUE_LEN="$QUEUE" \
+      TRIBUTARY__MQTT__MAX_INFLIGHT="$INFLIGHT" \
       TRIBUTARY__MQTTSN__BIND=127.0.0.1:0 \
       TRIBUTARY__COAP__BIND=127.0.0.1:0 \
       TRIBUTARY__STOMP__BIND=127.0.0.1:0 \

@@ -667,7 +667,21 @@ fn next_free_packet_id(st: &mut SessionState) -> Option<u16> {
     loop {
         let id = st.next_packet_id;
         st.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
-        if !st.inflight.iter().any(|i| i.packet_id == id) {
+        // Ids are handed out in order and inflight keeps send order, so the
+        // inflight ids lie on the circular range front..=back: an id outside
+        // it is free without a scan (the scan is needed only after a wrap).
+        let in_range = match (st.inflight.front(), st.inflight.back()) {
+            (Some(front), Some(back)) => {
+                let (lo, hi) = (front.packet_id, back.packet_id);
+                if lo <= hi {
+                    (lo..=hi).contains(&id)
+                } else {
+                    id >= lo || id <= hi
+                }
+            }
+            _ => false,
+        };
+        if !in_range || !st.inflight.iter().any(|i| i.packet_id == id) {
             return Some(id);
         }
     }

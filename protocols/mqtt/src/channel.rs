@@ -972,9 +972,7 @@ impl Channel {
         for resend in opened.resend {
             match resend {
                 Resend::Publish(out) => {
-                    if let Some(p) = self.build_publish(&out, now) {
-                        self.output.push(Packet::Publish(p));
-                    }
+                    self.push_publish(&out, now);
                 }
                 Resend::PubRel(id) => self.output.push(Packet::PubRel(ack(id, rc::SUCCESS))),
             }
@@ -1174,9 +1172,7 @@ impl Channel {
         for resend in due {
             match resend {
                 Resend::Publish(out) => {
-                    if let Some(p) = self.build_publish(&out, now) {
-                        self.output.push(Packet::Publish(p));
-                    }
+                    self.push_publish(&out, now);
                 }
                 Resend::PubRel(id) => self.output.push(Packet::PubRel(ack(id, rc::SUCCESS))),
             }
@@ -1208,9 +1204,11 @@ impl Channel {
         };
         let window = usize::from(conn.client_receive_maximum.min(self.config.max_inflight));
         let max_size = conn.client_max_packet_size as usize;
+        // Most clients announce no Maximum Packet Size: skip sizing then.
+        let unlimited = conn.client_max_packet_size == u32::MAX;
         let version = self.version;
         let outgoing = handle.take_for_send(now, SEND_BATCH, window, self.broker.metrics(), |d| {
-            max_size == usize::MAX || publish_size(d, version, now) <= max_size
+            unlimited || publish_size(d, version, now) <= max_size
         });
         if outgoing.len() == SEND_BATCH && handle.has_sendable(window) {
             // More is waiting: come back after the socket has had its turn.
@@ -1220,15 +1218,14 @@ impl Channel {
             if out.packet_id.is_some() && !version.is_v5() && self.retry_at.is_none() {
                 self.retry_at = Some(now + self.config.retry_interval);
             }
-            if let Some(p) = self.build_publish(&out, now) {
-                self.output.push(Packet::Publish(p));
-            }
+            self.push_publish(&out, now);
         }
     }
 
-    fn build_publish(&mut self, out: &Outgoing, now: Instant) -> Option<Publish> {
+    /// Queue the PUBLISH for `out`, built in place in the output queue.
+    fn push_publish(&mut self, out: &Outgoing, now: Instant) {
         let State::Connected(conn) = &mut self.state else {
-            return None;
+            return;
         };
         let d = &out.delivery;
         let mut properties = publish_properties(d, now);
@@ -1253,7 +1250,7 @@ impl Channel {
         self.broker
             .metrics()
             .inc(&self.broker.metrics().messages_sent);
-        Some(Publish {
+        self.output.push(Packet::Publish(Publish {
             dup: out.dup,
             qos: mqtt_qos(d.qos),
             retain: d.retain,
@@ -1261,7 +1258,7 @@ impl Channel {
             packet_id: out.packet_id,
             properties,
             payload: d.message.payload.clone(),
-        })
+        }));
     }
 }
 
