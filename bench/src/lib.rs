@@ -19,6 +19,11 @@
 //! - [`procstat`]: broker CPU time and RSS from `/proc`.
 //! - [`traffic`]: the message scenarios (p2p, fan-in, fan-out): publishers,
 //!   subscribers, warm-up, measured window and drain.
+//! - [`gateway_in`]: the gateway ingress scenarios (`mqttsn-in`,
+//!   `coap-in`): UDP publishers → the gateway → MQTT subscribers, with the
+//!   receivers and accounting of [`traffic`].
+//! - [`mqttsn`], [`coap`]: the datagrams those publishers send, written
+//!   from the specifications (MQTT-SN 1.2, RFC 7252).
 //! - [`conns`]: the connection-scale scenario (idle connections with
 //!   keep-alive from several 127.0.0.x source addresses).
 //! - [`report`]: the result record (one JSON line) and the human table.
@@ -27,7 +32,10 @@
 
 #![warn(missing_docs)]
 
+pub mod coap;
 pub mod conns;
+pub mod gateway_in;
+pub mod mqttsn;
 pub mod options;
 pub mod payload;
 pub mod procstat;
@@ -38,6 +46,7 @@ pub mod traffic;
 pub mod wire;
 
 pub use conns::{run_conns, ConnsOptions};
+pub use gateway_in::{run_ingress, Ingress, IngressOptions};
 pub use options::{parse_duration, resolve_loopback, Protocol, TrafficOptions};
 pub use report::BenchResult;
 pub use traffic::{run_traffic, Shape};

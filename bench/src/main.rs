@@ -9,10 +9,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use tributary_bench::gateway_in::predefined_env;
+use tributary_bench::mqttsn::{SnQos, TopicKind};
 use tributary_bench::options::{parse_qos, Protocol};
 use tributary_bench::{
-    parse_duration, resolve_loopback, run_conns, run_traffic, summary, BenchResult, ConnsOptions,
-    Shape, TrafficOptions,
+    parse_duration, resolve_loopback, run_conns, run_ingress, run_traffic, summary, BenchResult,
+    ConnsOptions, Ingress, IngressOptions, Shape, TrafficOptions,
 };
 use tributary_mqtt::packet::QoS;
 
@@ -82,6 +84,57 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// MQTT-SN publishers over UDP → the gateway → MQTT subscribers (each
+    /// receiving every message).
+    MqttsnIn {
+        /// UDP publishers, each on its own 127.0.0.1 port.
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        /// MQTT subscribers.
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        /// QoS of the publishes: -1 (no connection; needs --topic-type
+        /// predefined or short), 0, or 1 (PUBACK, window of --inflight).
+        #[arg(long, default_value = "0", allow_hyphen_values = true)]
+        qos: SnQos,
+        /// Topic ids: normal (CONNECT + REGISTER, no gateway configuration),
+        /// predefined (configured in the gateway: see --print-predefined)
+        /// or short (two-character topic names).
+        #[arg(long, default_value = "normal")]
+        topic_type: TopicKind,
+        /// Predefined id of publisher 0; publisher i uses base + i, topic
+        /// bench/sn/{i}.
+        #[arg(long, default_value_t = 1)]
+        predefined_base: u16,
+        /// Print the TRIBUTARY__MQTTSN__PREDEFINED setting the predefined
+        /// ids need (for --publishers and --predefined-base) and exit.
+        #[arg(long)]
+        print_predefined: bool,
+        #[command(flatten)]
+        gateway: Gateway,
+    },
+    /// CoAP publishers (POST /ps/{topic}, connectionless) over UDP → the
+    /// gateway → MQTT subscribers (each receiving every message).
+    CoapIn {
+        /// UDP publishers, each on its own 127.0.0.1 port.
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        /// MQTT subscribers.
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        /// Confirmable requests, a window of --inflight unanswered per
+        /// publisher (default: NON).
+        #[arg(long)]
+        con: bool,
+        /// Add ?qos=N (default: the gateway's publish_qos, NON → 0, CON → 1).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(0..=2))]
+        qos: Option<u8>,
+        /// Add No-Response 2 (RFC 7967, NON only): the gateway sends no 2.04.
+        #[arg(long)]
+        no_response: bool,
+        #[command(flatten)]
+        gateway: Gateway,
+    },
     /// Medians, min–max and ratios over a JSON-lines file of results.
     Summarize {
         /// The JSON-lines file.
@@ -116,6 +169,97 @@ struct Target {
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
+}
+
+/// Options of the gateway ingress scenarios.
+#[derive(Debug, Args)]
+struct Gateway {
+    /// Gateway address: a loopback IP (127.0.0.0/8, ::1) or localhost.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// The gateway's UDP port (default: 1884 for MQTT-SN, 5683 for CoAP).
+    #[arg(long)]
+    port: Option<u16>,
+    /// The gateway's MQTT TCP port, where the subscribers connect.
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    /// MQTT version of the subscribers: 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1")]
+    protocol: Protocol,
+    /// Payload bytes (at least 16: sequence, publisher id, timestamp).
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Aggregate publish rate in msgs/s, split evenly over the publishers
+    /// and paced per publisher. Omit for flat out.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Measured window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Publishing before the window (not measured, checked for loss).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Unanswered QoS 1 / CON publishes per publisher.
+    #[arg(long, default_value_t = 64)]
+    inflight: usize,
+    /// Most datagrams sent before yielding, flat out.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Keep-alive in seconds (MQTT CONNECT and MQTT-SN CONNECT Duration).
+    #[arg(long, default_value_t = 60)]
+    keep_alive: u16,
+    /// Longest wait for answers and deliveries after publishing stops.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// A QoS 1 / CON publish unanswered this long frees its window slot
+    /// (counted as unacked; the tool does not retransmit).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    ack_timeout: Duration,
+    /// Gateway PID: sample its CPU time and RSS from /proc.
+    #[arg(long)]
+    broker_pid: Option<u32>,
+    /// Gateway label copied into the result.
+    #[arg(long, default_value = "broker")]
+    label: String,
+    /// Scenario name copied into the result (default: the subcommand).
+    #[arg(long)]
+    name: Option<String>,
+    /// No progress lines.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl Gateway {
+    fn options(
+        &self,
+        ingress: Ingress,
+        default_port: u16,
+        publishers: usize,
+        subscribers: usize,
+    ) -> anyhow::Result<IngressOptions> {
+        let udp = resolve_loopback(&self.host, self.port.unwrap_or(default_port))?;
+        let tcp = resolve_loopback(&self.host, self.mqtt_port)?;
+        let mut o = IngressOptions::new(udp, tcp, ingress);
+        o.publishers = publishers;
+        o.subscribers = subscribers;
+        o.ack_timeout = self.ack_timeout;
+        let m = &mut o.mqtt;
+        m.protocol = self.protocol;
+        m.payload = self.payload;
+        m.rate = self.rate;
+        m.duration = self.duration;
+        m.warmup = self.warmup;
+        m.inflight = self.inflight;
+        m.batch = self.batch;
+        m.keep_alive = self.keep_alive;
+        m.drain_timeout = self.drain_timeout;
+        m.broker_pid = self.broker_pid;
+        m.label = self.label.clone();
+        m.name = self.name.clone();
+        m.progress = !self.quiet;
+        o.validate()?;
+        Ok(o)
+    }
 }
 
 /// Options of the message scenarios.
@@ -195,6 +339,19 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::MqttsnIn {
+        print_predefined: true,
+        publishers,
+        predefined_base,
+        ..
+    } = &cli.command
+    {
+        println!(
+            "TRIBUTARY__MQTTSN__PREDEFINED='{}'",
+            predefined_env(*predefined_base, *publishers)
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -266,6 +423,37 @@ async fn run(command: Command) -> anyhow::Result<BenchResult> {
             o.name = target.name;
             o.progress = !target.quiet;
             run_conns(&o).await
+        }
+        Command::MqttsnIn {
+            publishers,
+            subscribers,
+            qos,
+            topic_type,
+            predefined_base,
+            print_predefined: _,
+            gateway,
+        } => {
+            let ingress = Ingress::MqttSn {
+                qos,
+                topics: topic_type,
+                predefined_base,
+            };
+            run_ingress(&gateway.options(ingress, 1884, publishers, subscribers)?).await
+        }
+        Command::CoapIn {
+            publishers,
+            subscribers,
+            con,
+            qos,
+            no_response,
+            gateway,
+        } => {
+            let ingress = Ingress::Coap {
+                confirmable: con,
+                qos,
+                no_response,
+            };
+            run_ingress(&gateway.options(ingress, 5683, publishers, subscribers)?).await
         }
         Command::Summarize { .. } => anyhow::bail!("summarize runs without a runtime"),
     }

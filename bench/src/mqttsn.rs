@@ -22,6 +22,10 @@ use crate::payload::{Stamp, PADDING, STAMP_LEN};
 
 /// Message types used here (§5.2.2, Table 3).
 pub mod msg_type {
+    /// SEARCHGW.
+    pub const SEARCHGW: u8 = 0x01;
+    /// GWINFO.
+    pub const GWINFO: u8 = 0x02;
     /// CONNECT.
     pub const CONNECT: u8 = 0x04;
     /// CONNACK.
@@ -199,6 +203,12 @@ pub fn register(msg_id: u16, topic: &str) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// SEARCHGW with radius 0 (§5.4.2): answered with GWINFO, so it tells
+/// whether a gateway listens without creating any state there.
+pub fn searchgw() -> Vec<u8> {
+    vec![0x03, msg_type::SEARCHGW, 0x00]
+}
+
 /// PINGREQ without a client id (§5.4.19).
 pub fn pingreq() -> Vec<u8> {
     vec![0x02, msg_type::PINGREQ]
@@ -235,6 +245,8 @@ pub enum Reply {
         /// Return code.
         code: u8,
     },
+    /// GWINFO (answer to SEARCHGW).
+    GwInfo,
     /// PINGRESP.
     PingResp,
     /// DISCONNECT (the gateway does not know this client, or ends it).
@@ -280,6 +292,7 @@ pub fn decode_reply(datagram: &[u8]) -> Option<Reply> {
             }
         }
         msg_type::CONNACK | msg_type::REGACK | msg_type::PUBACK => return None,
+        msg_type::GWINFO if !body.is_empty() => Reply::GwInfo,
         msg_type::PINGRESP => Reply::PingResp,
         msg_type::DISCONNECT => Reply::Disconnect,
         other => Reply::Other(other),
@@ -381,6 +394,7 @@ mod tests {
             [0x09, 0x0A, 0x00, 0x00, 0x00, 0x05, b'a', b'/', b'b']
         );
         assert_eq!(pingreq(), [0x02, 0x16]);
+        assert_eq!(searchgw(), [0x03, 0x01, 0x00]);
         assert_eq!(disconnect(), [0x02, 0x18]);
     }
 
@@ -458,6 +472,7 @@ mod tests {
             Some(Reply::PingResp)
         );
         assert_eq!(decode_reply(&[0x02, 0x18]), Some(Reply::Disconnect));
+        assert_eq!(decode_reply(&[0x03, 0x02, 0x01]), Some(Reply::GwInfo));
         assert_eq!(decode_reply(&[0x02, 0x01]), Some(Reply::Other(0x01)));
         // Wrong lengths, truncated fields, empty.
         for bad in [

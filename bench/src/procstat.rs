@@ -104,6 +104,43 @@ pub fn open_files_limit() -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// Datagrams the kernel dropped at the UDP sockets bound to local `port`
+/// (receive buffer full, or a checksum error), summed over
+/// `/proc/net/udp` and `/proc/net/udp6`: the `drops` column, counted over
+/// the socket's life. `None` when no such socket is visible (another
+/// network namespace, or nothing bound).
+pub fn udp_drops(port: u16) -> Option<u64> {
+    let mut total = None;
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            if let Some(d) = parse_udp_drops(&text, port) {
+                total = Some(total.unwrap_or(0) + d);
+            }
+        }
+    }
+    total
+}
+
+/// The `drops` of the sockets bound to local `port` in the text of
+/// `/proc/net/udp` or `/proc/net/udp6`; `None` when there is none.
+pub fn parse_udp_drops(table: &str, port: u16) -> Option<u64> {
+    let mut total = None;
+    for line in table.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local_port = fields
+            .get(1)
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+        if local_port != Some(port) {
+            continue;
+        }
+        if let Some(drops) = fields.get(12).and_then(|d| d.parse::<u64>().ok()) {
+            total = Some(total.unwrap_or(0) + drops);
+        }
+    }
+    total
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +156,16 @@ mod tests {
     fn parses_vm_rss() {
         let status = "Name:\tx\nVmPeak:\t  100 kB\nVmRSS:\t    4321 kB\nThreads: 1\n";
         assert_eq!(parse_vm_rss(status).expect("parse"), 4321);
+    }
+
+    #[test]
+    fn parses_udp_drops() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n \
+             6379: 0100007F:075C 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1496022 2 00000000232f003b 17\n \
+             8819: 0100007F:8BAD 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 1496023 2 00000000527930dc 5\n";
+        assert_eq!(parse_udp_drops(table, 1884), Some(17));
+        assert_eq!(parse_udp_drops(table, 0x8BAD), Some(5));
+        assert_eq!(parse_udp_drops(table, 5683), None);
     }
 
     #[test]

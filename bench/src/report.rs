@@ -49,7 +49,7 @@ pub struct BenchResult {
     /// Scenario name given with `--name` (compare.sh groups by it), else
     /// the scenario kind.
     pub name: String,
-    /// `p2p`, `fanin`, `fanout` or `conns`.
+    /// `p2p`, `fanin`, `fanout`, `conns`, `mqttsn-in` or `coap-in`.
     pub scenario: String,
     /// Broker label given with `--label`.
     pub label: String,
@@ -124,6 +124,19 @@ pub struct BenchResult {
     pub broker_rss_per_conn_bytes: Option<f64>,
     /// Broker CPU microseconds per connection while connecting (conns).
     pub broker_cpu_us_per_connect: Option<f64>,
+    /// Gateway scenarios (`mqttsn-in`, `coap-in`): what the UDP
+    /// publishers send, e.g. `MQTT-SN QoS 0, normal topic ids`; the MQTT
+    /// side is `protocol` and `qos`.
+    pub ingress: Option<String>,
+    /// Gateway scenarios: datagrams the kernel dropped at the gateway's UDP
+    /// socket during the run (its receive buffer was full), from the
+    /// `drops` column of /proc/net/udp; `None` when the socket is not
+    /// visible.
+    pub gateway_udp_drops: Option<u64>,
+    /// Gateway scenarios: answers to the publishes received by the
+    /// publishers (MQTT-SN PUBACK, CoAP ACK or response), error answers
+    /// included (those are also counted in `errors`).
+    pub responses: Option<u64>,
     /// The load generator's CPU use in the window (1.0 = one full core).
     /// Near or above 1 with a single pinned core: the generator, not the
     /// broker, may have been the limit.
@@ -180,10 +193,22 @@ impl BenchResult {
         } else {
             row(
                 "scenario",
-                format!(
-                    "{} ({}) against {}, MQTT {}, QoS {}, {} B",
-                    self.name, self.scenario, self.label, self.protocol, self.qos, self.payload
-                ),
+                match &self.ingress {
+                    Some(ingress) => format!(
+                        "{} ({}) against {}: {} → MQTT {} QoS {}, {} B",
+                        self.name,
+                        self.scenario,
+                        self.label,
+                        ingress,
+                        self.protocol,
+                        self.qos,
+                        self.payload
+                    ),
+                    None => format!(
+                        "{} ({}) against {}, MQTT {}, QoS {}, {} B",
+                        self.name, self.scenario, self.label, self.protocol, self.qos, self.payload
+                    ),
+                },
             );
             row(
                 "clients",
@@ -247,6 +272,15 @@ impl BenchResult {
                     }
                 ),
             );
+            if let Some(v) = self.gateway_udp_drops {
+                row(
+                    "gateway UDP drops",
+                    format!("{v} (kernel, receive buffer full)"),
+                );
+            }
+            if let Some(v) = self.responses {
+                row("responses", format!("{v}"));
+            }
             if let Some(v) = self.broker_cpu_us_per_msg {
                 row("broker CPU / msg", format!("{v:.2} µs"));
             }

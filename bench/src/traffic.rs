@@ -85,7 +85,7 @@ impl Shape {
 }
 
 /// Longest wait for one connection's CONNACK or SUBACK during setup.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections opened at the same time during setup.
 const SETUP_CONCURRENCY: usize = 64;
@@ -166,27 +166,56 @@ impl Plan {
 
 /// State shared by all tasks of a run.
 #[derive(Debug)]
-struct Shared {
+pub(crate) struct Shared {
     /// Time zero for payload stamps; publishing starts here.
-    epoch: Instant,
+    pub(crate) epoch: Instant,
     /// Start of the measured window.
-    window_start: Instant,
+    pub(crate) window_start: Instant,
     /// End of the measured window; publishing stops here.
-    window_end: Instant,
+    pub(crate) window_end: Instant,
     /// Hard deadline for anything after the window.
-    drain_deadline: Instant,
+    pub(crate) drain_deadline: Instant,
     /// Messages each publisher has written (announced before the write, so
     /// a subscriber can reject sequence numbers that were never sent).
-    sent: Vec<AtomicU32>,
+    pub(crate) sent: Vec<AtomicU32>,
     /// Deliveries received, all subscribers (progress and drain).
-    delivered: AtomicU64,
+    pub(crate) delivered: AtomicU64,
     /// Publishes written, all publishers (progress).
-    published: AtomicU64,
-    errors: Mutex<ErrorLog>,
+    pub(crate) published: AtomicU64,
+    pub(crate) errors: Mutex<ErrorLog>,
 }
 
 impl Shared {
-    fn error(&self, message: String) {
+    /// The shared state of a run whose publishing starts now: `warmup`,
+    /// then the measured window of `duration`, then at most
+    /// `drain_timeout`.
+    pub(crate) fn new(
+        publishers: usize,
+        warmup: Duration,
+        duration: Duration,
+        drain_timeout: Duration,
+    ) -> Shared {
+        let epoch = Instant::now();
+        let window_start = epoch + warmup;
+        let window_end = window_start + duration;
+        Shared {
+            epoch,
+            window_start,
+            window_end,
+            drain_deadline: window_end + drain_timeout,
+            sent: (0..publishers).map(|_| AtomicU32::new(0)).collect(),
+            delivered: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            errors: Mutex::new(ErrorLog::default()),
+        }
+    }
+
+    /// Nanoseconds since the epoch, for payload stamps.
+    pub(crate) fn now_ns(&self) -> u64 {
+        Instant::now().duration_since(self.epoch).as_nanos() as u64
+    }
+
+    pub(crate) fn error(&self, message: String) {
         let mut log = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         log.push(message);
     }
@@ -194,7 +223,7 @@ impl Shared {
 
 /// What one subscriber saw.
 #[derive(Debug)]
-struct SubOutcome {
+pub(crate) struct SubOutcome {
     /// Per publisher (indexed by publisher id).
     trackers: Vec<SeqTracker>,
     /// Latency in ns of deliveries received inside the window.
@@ -279,19 +308,13 @@ pub async fn run_traffic(shape: Shape, opts: &TrafficOptions) -> anyhow::Result<
     }
 
     // Timeline.
-    let epoch = Instant::now();
-    let window_start = epoch + opts.warmup;
-    let window_end = window_start + opts.duration;
-    let shared = Arc::new(Shared {
-        epoch,
-        window_start,
-        window_end,
-        drain_deadline: window_end + opts.drain_timeout,
-        sent: (0..n_pubs).map(|_| AtomicU32::new(0)).collect(),
-        delivered: AtomicU64::new(0),
-        published: AtomicU64::new(0),
-        errors: Mutex::new(ErrorLog::default()),
-    });
+    let shared = Arc::new(Shared::new(
+        n_pubs,
+        opts.warmup,
+        opts.duration,
+        opts.drain_timeout,
+    ));
+    let (window_start, window_end) = (shared.window_start, shared.window_end);
     if granted_lower > 0 {
         shared.error(format!(
             "{granted_lower} subscriptions granted below QoS {}",
@@ -381,21 +404,7 @@ pub async fn run_traffic(shape: Shape, opts: &TrafficOptions) -> anyhow::Result<
         .saturating_duration_since(window_end)
         .as_secs_f64();
     let _ = stop_tx.send(true);
-    let mut sub_outcomes = Vec::with_capacity(n_subs);
-    for (i, handle) in subscribers.into_iter().enumerate() {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        match tokio::time::timeout_at(deadline, handle).await {
-            Ok(Ok(outcome)) => sub_outcomes.push(Some(outcome)),
-            Ok(Err(e)) => {
-                shared.error(format!("subscriber {i} task failed: {e}"));
-                sub_outcomes.push(None);
-            }
-            Err(_) => {
-                shared.error(format!("subscriber {i} did not stop in time"));
-                sub_outcomes.push(None);
-            }
-        }
-    }
+    let sub_outcomes = join_subscribers(&shared, subscribers).await;
     if let Some(p) = progress {
         p.abort();
     }
@@ -430,6 +439,71 @@ pub async fn run_traffic(shape: Shape, opts: &TrafficOptions) -> anyhow::Result<
         .sum::<f64>()
         / window_s;
     result.unacked = pub_outcomes.iter().map(|o| o.unacked).sum();
+    let in_window = summarize_deliveries(
+        &mut result,
+        &plan.receiver_pubs,
+        &plan.sub_receiver,
+        &sub_outcomes,
+        &sent,
+        &shared,
+    );
+    apply_usage(
+        &mut result,
+        broker_start,
+        broker_end,
+        self_start,
+        self_end,
+        in_window,
+        window_s,
+    );
+    finish_errors(&mut result, &shared);
+    Ok(result)
+}
+
+/// Stop-signalled subscribers' outcomes, each joined within 3 s.
+pub(crate) async fn join_subscribers(
+    shared: &Shared,
+    subscribers: Vec<tokio::task::JoinHandle<SubOutcome>>,
+) -> Vec<Option<SubOutcome>> {
+    let mut sub_outcomes = Vec::with_capacity(subscribers.len());
+    for (i, handle) in subscribers.into_iter().enumerate() {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        match tokio::time::timeout_at(deadline, handle).await {
+            Ok(Ok(outcome)) => sub_outcomes.push(Some(outcome)),
+            Ok(Err(e)) => {
+                shared.error(format!("subscriber {i} task failed: {e}"));
+                sub_outcomes.push(None);
+            }
+            Err(_) => {
+                shared.error(format!("subscriber {i} did not stop in time"));
+                sub_outcomes.push(None);
+            }
+        }
+    }
+    sub_outcomes
+}
+
+/// Copy the error log into the result.
+pub(crate) fn finish_errors(result: &mut BenchResult, shared: &Shared) {
+    let log = shared.errors.lock().unwrap_or_else(|e| e.into_inner());
+    result.errors += log.count;
+    result.error_samples.extend(log.samples.iter().cloned());
+}
+
+/// Fill deliveries, latency, loss, duplication and order into `result`
+/// from the subscribers' outcomes; returns the deliveries received inside
+/// the window. `receiver_pubs[r]`: the publishers receiver `r` should hear
+/// from; `sub_receiver[s]`: the receiver subscriber `s` belongs to;
+/// `sent[p]`: messages publisher `p` sent.
+pub(crate) fn summarize_deliveries(
+    result: &mut BenchResult,
+    receiver_pubs: &[Vec<usize>],
+    sub_receiver: &[usize],
+    sub_outcomes: &[Option<SubOutcome>],
+    sent: &[u32],
+    shared: &Shared,
+) -> u64 {
+    let window_s = result.duration_s;
     let mut latency = new_histogram();
     let mut in_window = 0;
     for outcome in sub_outcomes.iter().flatten() {
@@ -453,11 +527,11 @@ pub async fn run_traffic(shape: Shape, opts: &TrafficOptions) -> anyhow::Result<
         });
     }
     // Loss, duplication and order per (publisher, receiver).
-    for (receiver, pubs) in plan.receiver_pubs.iter().enumerate() {
+    for (receiver, pubs) in receiver_pubs.iter().enumerate() {
         let members: Vec<&SubOutcome> = sub_outcomes
             .iter()
             .enumerate()
-            .filter(|(s, _)| plan.sub_receiver[*s] == receiver)
+            .filter(|(s, _)| sub_receiver[*s] == receiver)
             .filter_map(|(_, o)| o.as_ref())
             .collect();
         for &p in pubs {
@@ -483,23 +557,11 @@ pub async fn run_traffic(shape: Shape, opts: &TrafficOptions) -> anyhow::Result<
             }
         }
     }
-    apply_usage(
-        &mut result,
-        broker_start,
-        broker_end,
-        self_start,
-        self_end,
-        in_window,
-        window_s,
-    );
-    let log = shared.errors.lock().unwrap_or_else(|e| e.into_inner());
-    result.errors = log.count;
-    result.error_samples = log.samples.clone();
-    Ok(result)
+    in_window
 }
 
 /// Broker CPU and RSS over the window, and the generator's own CPU use.
-fn apply_usage(
+pub(crate) fn apply_usage(
     result: &mut BenchResult,
     broker_start: Option<anyhow::Result<ProcSample>>,
     broker_end: Option<anyhow::Result<ProcSample>>,
@@ -532,14 +594,14 @@ fn apply_usage(
 }
 
 /// A latency histogram in nanoseconds, 1 µs to 60 s, 3 significant digits.
-fn new_histogram() -> Histogram<u64> {
+pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 60_000_000_000, 3)
         .expect("constant histogram bounds are valid")
 }
 
 /// A short identifier for topic and client id prefixes, so runs never see
 /// each other's messages.
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
@@ -549,7 +611,7 @@ fn run_id() -> String {
 
 /// Open `ids.len()` connections, at most [`SETUP_CONCURRENCY`] at a time,
 /// spread over the source addresses; results in the order of `ids`.
-async fn open_all(
+pub(crate) async fn open_all(
     opts: &TrafficOptions,
     version: ProtocolVersion,
     ids: Vec<String>,
@@ -580,7 +642,7 @@ async fn open_all(
 
 /// Wait until `expected` deliveries arrived, no delivery came for
 /// [`QUIET`], or the drain deadline passed; says which.
-async fn wait_for_deliveries(shared: &Shared, expected: u64) -> &'static str {
+pub(crate) async fn wait_for_deliveries(shared: &Shared, expected: u64) -> &'static str {
     let mut last = shared.delivered.load(Ordering::Relaxed);
     let mut last_change = Instant::now();
     loop {
@@ -603,7 +665,7 @@ async fn wait_for_deliveries(shared: &Shared, expected: u64) -> &'static str {
 }
 
 /// One progress line per second on stderr until aborted.
-async fn progress_lines(shared: Arc<Shared>) {
+pub(crate) async fn progress_lines(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let (mut sent_before, mut got_before) = (0, 0);
@@ -636,7 +698,7 @@ async fn progress_lines(shared: Arc<Shared>) {
 }
 
 /// A subscriber: read, check, acknowledge, until told to stop.
-async fn subscriber(
+pub(crate) async fn subscriber(
     shared: Arc<Shared>,
     conn: Conn,
     expects: Vec<bool>,
@@ -786,7 +848,10 @@ fn record(
 }
 
 /// Best-effort DISCONNECT and close, bounded by a short timeout.
-async fn say_goodbye<W: tokio::io::AsyncWrite + Unpin>(stream: &mut W, version: ProtocolVersion) {
+pub(crate) async fn say_goodbye<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    version: ProtocolVersion,
+) {
     let mut buf = BytesMut::new();
     let bye = Packet::Disconnect(Disconnect {
         reason: 0,
@@ -803,21 +868,33 @@ async fn say_goodbye<W: tokio::io::AsyncWrite + Unpin>(stream: &mut W, version: 
 
 /// Packet-id bookkeeping shared by a publisher's writer and reader.
 #[derive(Debug)]
-struct Inflight {
+pub(crate) struct Inflight {
     /// Permits = free inflight slots.
-    permits: Semaphore,
+    pub(crate) permits: Semaphore,
     /// `in_use[id]`: packet id `id` awaits its final ack.
-    in_use: Vec<AtomicBool>,
+    pub(crate) in_use: Vec<AtomicBool>,
     /// Messages fully acknowledged.
-    acked: AtomicU64,
+    pub(crate) acked: AtomicU64,
     /// Set by the writer before it disconnects: an end of stream is then
     /// expected.
-    closing: AtomicBool,
+    pub(crate) closing: AtomicBool,
 }
 
 impl Inflight {
+    /// `window` free slots, every id free.
+    pub(crate) fn new(window: usize) -> Inflight {
+        Inflight {
+            permits: Semaphore::new(window),
+            in_use: (0..=usize::from(u16::MAX))
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            acked: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        }
+    }
+
     /// Free `id` and return its permit; false when it was not in use.
-    fn release(&self, id: u16) -> bool {
+    pub(crate) fn release(&self, id: u16) -> bool {
         let was = self.in_use[usize::from(id)].swap(false, Ordering::AcqRel);
         if was {
             self.permits.add_permits(1);
@@ -827,7 +904,7 @@ impl Inflight {
     }
 
     /// The next free packet id from `next` on (wrapping 65535 → 1).
-    fn allocate(&self, next: &mut u16) -> Option<u16> {
+    pub(crate) fn allocate(&self, next: &mut u16) -> Option<u16> {
         for _ in 0..u16::MAX {
             let id = *next;
             *next = if id == u16::MAX { 1 } else { id + 1 };
@@ -860,14 +937,7 @@ async fn publisher(
     } else {
         settings.inflight.min(usize::from(receive_maximum))
     };
-    let inflight = Arc::new(Inflight {
-        permits: Semaphore::new(window),
-        in_use: (0..=usize::from(u16::MAX))
-            .map(|_| AtomicBool::new(false))
-            .collect(),
-        acked: AtomicU64::new(0),
-        closing: AtomicBool::new(false),
-    });
+    let inflight = Arc::new(Inflight::new(window));
     let (read_half, mut write_half) = stream.into_split();
     let (rel_tx, mut rel_rx) = mpsc::channel::<u16>(window.max(1));
     let reader = tokio::spawn(publisher_reader(

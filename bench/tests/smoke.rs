@@ -1,7 +1,9 @@
 //! CI smoke test: the bench tool against the real `tributary` binary, so
 //! the tool cannot rot. A short fixed-rate point-to-point run at QoS 1
-//! must deliver something and lose, duplicate or reorder nothing. No
-//! timing threshold: CI machines are noisy.
+//! must deliver something and lose, duplicate or reorder nothing; so must
+//! the gateway scenarios (MQTT-SN and CoAP publishers over UDP → MQTT
+//! subscribers) at a low fixed rate. No timing threshold: CI machines are
+//! noisy.
 //!
 //! The binary is located like the interop tests do (`TRIBUTARY_BIN`, else
 //! `target/debug/tributary`); build it first (`cargo build -p tributary`).
@@ -60,4 +62,93 @@ fn p2p_qos1_v311_loses_nothing() {
 #[test]
 fn p2p_qos2_v5_loses_nothing() {
     smoke(Protocol::V5, QoS::ExactlyOnce);
+}
+
+/// A UDP port free on 127.0.0.1 right now (the gateway binds it next).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A gateway ingress scenario at a low fixed rate: something delivered,
+/// nothing duplicated or reordered, no errors; with answered publishes
+/// (MQTT-SN QoS 1, CoAP CON) nothing lost either.
+fn smoke_ingress(ingress: tributary_bench::Ingress, env_key: &str) {
+    use tributary_bench::{run_ingress, IngressOptions};
+    let udp = free_udp_port();
+    let bind = format!("127.0.0.1:{udp}");
+    let broker = TestBroker::start_with_env(&[(env_key, bind.as_str())]);
+    let gateway = std::net::SocketAddr::from(([127, 0, 0, 1], udp));
+    let mut opts = IngressOptions::new(gateway, broker.addr(), ingress);
+    opts.publishers = 4;
+    opts.subscribers = 2;
+    opts.mqtt.rate = Some(1_000);
+    opts.mqtt.warmup = Duration::from_millis(300);
+    opts.mqtt.duration = Duration::from_secs(2);
+    opts.mqtt.drain_timeout = Duration::from_secs(5);
+    opts.mqtt.label = String::from("tributary");
+    opts.mqtt.progress = false;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let result = runtime
+        .block_on(run_ingress(&opts))
+        .expect("the scenario runs");
+    eprint!("{}", result.table());
+    assert!(result.received > 0, "nothing delivered: {result:?}");
+    assert_eq!(
+        result.expected,
+        result.sent * 2,
+        "two receivers per message"
+    );
+    assert_eq!(
+        (
+            result.duplicated,
+            result.out_of_order,
+            result.misrouted,
+            result.corrupt
+        ),
+        (0, 0, 0, 0),
+        "integrity: {result:?}"
+    );
+    assert_eq!(result.errors, 0, "errors: {:?}", result.error_samples);
+    if result.responses.is_some() && result.unacked == 0 {
+        assert_eq!(result.lost, 0, "answered publishes lost: {result:?}");
+    }
+}
+
+#[test]
+fn mqttsn_in_qos1_registered_topics() {
+    use tributary_bench::mqttsn::{SnQos, TopicKind};
+    let ingress = tributary_bench::Ingress::MqttSn {
+        qos: SnQos::One,
+        topics: TopicKind::Normal,
+        predefined_base: 1,
+    };
+    smoke_ingress(ingress, "TRIBUTARY__MQTTSN__BIND");
+}
+
+#[test]
+fn mqttsn_in_qos_minus_one_short_topics() {
+    use tributary_bench::mqttsn::{SnQos, TopicKind};
+    let ingress = tributary_bench::Ingress::MqttSn {
+        qos: SnQos::MinusOne,
+        topics: TopicKind::Short,
+        predefined_base: 1,
+    };
+    smoke_ingress(ingress, "TRIBUTARY__MQTTSN__BIND");
+}
+
+#[test]
+fn coap_in_con() {
+    let ingress = tributary_bench::Ingress::Coap {
+        confirmable: true,
+        qos: None,
+        no_response: false,
+    };
+    smoke_ingress(ingress, "TRIBUTARY__COAP__BIND");
 }

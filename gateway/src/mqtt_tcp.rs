@@ -157,6 +157,14 @@ pub(crate) async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
     let mut paused: Vec<Arc<Session>> = Vec::new();
     let mut paused_at = now();
     let mailbox_bound = ctx.broker.config().queue.max_len;
+    // One timer for the connection's deadlines, re-armed lazily: keep-alive
+    // deadlines only move later as packets arrive, so the timer is left at
+    // the earlier instant and, when it fires early, the channel finds nothing
+    // due and the timer is set again. That keeps timer-wheel work off the
+    // per-packet path.
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         if channel.has_output()
             && flush(&mut channel, &mut wbuf, &mut writer, metrics)
@@ -216,7 +224,14 @@ pub(crate) async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             }
             continue;
         }
-        let deadline = channel.next_deadline();
+        match (channel.next_deadline(), armed) {
+            (Some(due), Some(at)) if at <= due => {}
+            (Some(due), _) => {
+                timer.as_mut().reset(tokio::time::Instant::from_std(due));
+                armed = Some(due);
+            }
+            (None, _) => armed = None,
+        }
         let before = rbuf.len();
         let cap = (before + READ_BATCH).min(channel.max_packet_size().saturating_add(READ_CHUNK));
         tokio::select! {
@@ -241,7 +256,8 @@ pub(crate) async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             _ = async { match &signal { Some(s) => s.notified().await, None => std::future::pending().await } } => {
                 channel.handle_wake(now());
             }
-            _ = sleep_until(deadline) => {
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
                 channel.handle_timeout(now());
                 if !rbuf.is_empty() && channel.read_paused_until().is_none() {
                     // A rate pause ended: packets already buffered go first.
