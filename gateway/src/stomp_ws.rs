@@ -43,6 +43,16 @@ pub struct StompShared {
     pub shutdown: watch::Receiver<bool>,
 }
 
+impl StompShared {
+    /// A channel for a new connection from `peer`, counted as open.
+    fn open_channel(&self, peer: SocketAddr) -> Channel {
+        let metrics = self.broker.metrics();
+        metrics.inc(&metrics.connections);
+        metrics.inc(&metrics.connections_total);
+        Channel::new(self.broker.clone(), self.channel.clone(), Some(peer), now())
+    }
+}
+
 /// Close code SockJS sends when the STOMP connection ends.
 const NORMAL_CLOSURE: (u16, &str) = (1000, "Normal closure");
 
@@ -76,14 +86,7 @@ pub async fn raw_stomp(
     _permit: OwnedSemaphorePermit,
 ) {
     let metrics = shared.broker.metrics();
-    metrics.inc(&metrics.connections);
-    metrics.inc(&metrics.connections_total);
-    let mut channel = Channel::new(
-        shared.broker.clone(),
-        shared.channel.clone(),
-        Some(peer),
-        now(),
-    );
+    let mut channel = shared.open_channel(peer);
     let cap = max_frame_bytes(&shared.channel);
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
@@ -155,14 +158,7 @@ pub async fn sockjs_stomp_ws(
     _permit: OwnedSemaphorePermit,
 ) {
     let metrics = shared.broker.metrics();
-    metrics.inc(&metrics.connections);
-    metrics.inc(&metrics.connections_total);
-    let mut channel = Channel::new(
-        shared.broker.clone(),
-        shared.channel.clone(),
-        Some(peer),
-        now(),
-    );
+    let mut channel = shared.open_channel(peer);
     let cap = max_frame_bytes(&shared.channel);
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
@@ -248,14 +244,7 @@ pub async fn sockjs_stomp_session(
     _permit: OwnedSemaphorePermit,
 ) {
     let metrics = shared.broker.metrics();
-    metrics.inc(&metrics.connections);
-    metrics.inc(&metrics.connections_total);
-    let mut channel = Channel::new(
-        shared.broker.clone(),
-        shared.channel.clone(),
-        Some(peer),
-        now(),
-    );
+    let mut channel = shared.open_channel(peer);
     let cap = max_frame_bytes(&shared.channel);
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
