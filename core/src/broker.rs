@@ -23,10 +23,12 @@ use crate::cluster::{ClusterBackend, SingleNode};
 use crate::message::{ClientId, Delivery, Message, QoS};
 use crate::metrics::Metrics;
 use crate::session::{
-    resend_list, ClientInfo, ConnectionSignal, KickReason, Overflow, QueueLimits, Queued, Resend,
-    Session, SessionHandle, SubOptions, Will,
+    resend_list, ClientInfo, ConnectionSignal, KickReason, Overflow, Pending, QueueLimits, Queued,
+    Resend, Session, SessionHandle, SubOptions, Will,
 };
-use crate::storage::{MemoryPersistence, Persistence};
+use crate::storage::{
+    later, CommitTicket, MemoryPersistence, Persistence, Restored, StoreOp,
+};
 use crate::topic::{parse_filter, TopicError};
 use crate::trie::Trie;
 
@@ -164,7 +166,7 @@ pub struct Broker {
     metrics: Metrics,
     authenticator: Box<dyn Authenticator>,
     authorizer: Box<dyn Authorizer>,
-    persistence: Box<dyn Persistence>,
+    persistence: Arc<dyn Persistence>,
     cluster: Box<dyn ClusterBackend>,
 }
 
@@ -180,8 +182,8 @@ impl Broker {
         )
     }
 
-    /// A broker with the given seams; retained messages are restored from
-    /// `persistence`.
+    /// A broker with the given seams. What a durable `persistence` held is
+    /// put back with [`Broker::restore`].
     pub fn with_seams(
         config: BrokerConfig,
         authenticator: Box<dyn Authenticator>,
@@ -189,7 +191,7 @@ impl Broker {
         persistence: Box<dyn Persistence>,
         cluster: Box<dyn ClusterBackend>,
     ) -> Broker {
-        let broker = Broker {
+        Broker {
             config,
             sessions: Mutex::new(HashMap::new()),
             subscriptions: RwLock::new(Trie::new()),
@@ -197,21 +199,20 @@ impl Broker {
             metrics: Metrics::default(),
             authenticator,
             authorizer,
-            persistence,
+            persistence: Arc::from(persistence),
             cluster,
-        };
-        {
-            let mut retained = broker.retained.write();
-            for m in broker.persistence.load_retained() {
-                let topic = m.topic.clone();
-                retained.insert(&topic, Arc::new(m));
-            }
-            broker
-                .metrics
-                .retained
-                .store(retained.len() as u64, Ordering::Relaxed);
         }
-        broker
+    }
+
+    /// The persistence seam in force.
+    pub fn persistence(&self) -> &Arc<dyn Persistence> {
+        &self.persistence
+    }
+
+    /// The store for a session with this expiry interval: persistent
+    /// sessions (expiry above zero) go to disk when a store is configured.
+    fn store_for(&self, expiry: u32) -> Option<Arc<dyn Persistence>> {
+        (expiry > 0 && self.persistence.enabled()).then(|| self.persistence.clone())
     }
 
     /// The configuration in force.
@@ -279,6 +280,10 @@ impl Broker {
                 old.set_online(false);
                 let expired = st.expires_at.is_some_and(|at| at <= now);
                 if req.clean_start || expired {
+                    if st.store.is_some() {
+                        st.emit(StoreOp::SessionDelete(client_id.clone()));
+                        st.store = None;
+                    }
                     drop(st);
                     sessions.remove(&client_id);
                     self.metrics.dec(&self.metrics.sessions);
@@ -290,6 +295,18 @@ impl Broker {
                     st.will = req.will.clone().map(Box::new);
                     st.expires_at = None;
                     st.info = req.client.clone();
+                    match self.store_for(expiry) {
+                        Some(store) => {
+                            st.store = Some(store);
+                            old.save(&mut st, now);
+                        }
+                        None => {
+                            if st.store.is_some() {
+                                st.emit(StoreOp::SessionDelete(client_id.clone()));
+                            }
+                            st.store = None;
+                        }
+                    }
                     let resend = resend_list(&mut st, now);
                     drop(st);
                     old.set_online(true);
@@ -312,6 +329,11 @@ impl Broker {
                         expiry,
                         req.will.clone(),
                     ));
+                    if let Some(store) = self.store_for(expiry) {
+                        let mut st = session.state.lock();
+                        st.store = Some(store);
+                        session.save(&mut st, now);
+                    }
                     sessions.insert(client_id, session.clone());
                     self.metrics.inc(&self.metrics.sessions);
                     OpenedSession {
@@ -322,7 +344,7 @@ impl Broker {
                 }
             }
         };
-        let _ = self.redispatch(orphaned, now);
+        let _ = self.redispatch(orphaned, None, now);
         for will in wills {
             self.publish_will(will, now);
         }
@@ -386,6 +408,10 @@ impl Broker {
             }
             st.owner = None;
             session.set_online(false);
+            if st.expiry_interval == 0 && st.store.is_some() {
+                st.emit(StoreOp::SessionDelete(session.client_id.clone()));
+                st.store = None;
+            }
             let will = match kind {
                 CloseKind::Normal {
                     publish_will: false,
@@ -413,14 +439,14 @@ impl Broker {
             }
             let shared = session.take_shared_unacked();
             self.drop_subscriptions(session);
-            let _ = self.redispatch(shared, now);
+            let _ = self.redispatch(shared, None, now);
             if let Some(will) = will {
                 self.publish_will(will, now);
             }
             return;
         }
         let shared = session.take_shared_unacked();
-        let kept = self.redispatch(shared, now);
+        let kept = self.redispatch(shared, Some(session), now);
         session.requeue_front(kept);
         let mut publish_now = None;
         {
@@ -437,6 +463,7 @@ impl Broker {
                     st.will = Some(will);
                 }
             }
+            session.save(&mut st, now);
         }
         if let Some(will) = publish_now {
             self.publish_will(will, now);
@@ -474,6 +501,7 @@ impl Broker {
                         if let Some(w) = st.will.take() {
                             wills.push(w);
                         }
+                        session.save(&mut st, now);
                     } else {
                         next = Some(next.map_or(due, |n| n.min(due)));
                     }
@@ -482,6 +510,10 @@ impl Broker {
                     if at <= now {
                         if let Some(w) = st.will.take() {
                             wills.push(w);
+                        }
+                        if st.store.is_some() {
+                            st.emit(StoreOp::SessionDelete(session.client_id.clone()));
+                            st.store = None;
                         }
                         drop(st);
                         ended.push(session.clone());
@@ -544,7 +576,7 @@ impl Broker {
     /// Route a message: retained update, trie match, push into mailboxes.
     /// Returns how many sessions it was queued for.
     pub fn publish(&self, message: Message, now: Instant) -> usize {
-        self.publish_flow(message, now, None)
+        self.publish_flow(message, now, None, &mut None)
     }
 
     /// [`Broker::publish`], also collecting the online sessions whose
@@ -558,7 +590,21 @@ impl Broker {
         now: Instant,
         congested: &mut Vec<Arc<Session>>,
     ) -> usize {
-        self.publish_flow(message, now, Some(congested))
+        self.publish_flow(message, now, Some(congested), &mut None)
+    }
+
+    /// [`Broker::publish_with_backpressure`], also returning in `ticket`
+    /// the commit ticket covering every store write the message caused
+    /// (queued for persistent sessions, retained): its publisher must not
+    /// be acknowledged before the ticket resolves.
+    pub fn publish_durable(
+        &self,
+        message: Message,
+        now: Instant,
+        congested: &mut Vec<Arc<Session>>,
+        ticket: &mut Option<CommitTicket>,
+    ) -> usize {
+        self.publish_flow(message, now, Some(congested), ticket)
     }
 
     fn publish_flow(
@@ -566,25 +612,29 @@ impl Broker {
         message: Message,
         now: Instant,
         congested: Option<&mut Vec<Arc<Session>>>,
+        ticket: &mut Option<CommitTicket>,
     ) -> usize {
         self.metrics.inc(&self.metrics.messages_received);
         let message = Arc::new(message);
         if message.retain && self.config.retain_available {
-            self.store_retained(&message);
+            *ticket = later(*ticket, self.store_retained(&message));
         }
         self.cluster.forward(&message);
-        let count = self.route(&message, now, congested);
+        let count = self.route(&message, now, congested, ticket);
         if count == 0 {
             self.metrics.inc(&self.metrics.messages_no_subscribers);
         }
         count
     }
 
-    fn store_retained(&self, message: &Arc<Message>) {
+    fn store_retained(&self, message: &Arc<Message>) -> Option<CommitTicket> {
         let mut retained = self.retained.write();
+        let mut ticket = None;
         if message.payload.is_empty() {
-            if retained.remove(&message.topic).is_some() {
-                self.persistence.retained_changed(&message.topic, None);
+            if retained.remove(&message.topic).is_some() && self.persistence.enabled() {
+                ticket = self
+                    .persistence
+                    .submit(StoreOp::RetainedDelete(message.topic.clone()));
             }
         } else {
             let payload_ok = self.config.max_retained_payload == 0
@@ -594,13 +644,17 @@ impl Broker {
                 || retained.get(&message.topic).is_some();
             if payload_ok && room {
                 retained.insert(&message.topic, message.clone());
-                self.persistence
-                    .retained_changed(&message.topic, Some(message));
+                if self.persistence.enabled() {
+                    ticket = self
+                        .persistence
+                        .submit(StoreOp::RetainedPut(message.clone()));
+                }
             }
         }
         self.metrics
             .retained
             .store(retained.len() as u64, Ordering::Relaxed);
+        ticket
     }
 
     fn route(
@@ -608,6 +662,7 @@ impl Broker {
         message: &Arc<Message>,
         _now: Instant,
         mut congested: Option<&mut Vec<Arc<Session>>>,
+        ticket: &mut Option<CommitTicket>,
     ) -> usize {
         let trie = self.subscriptions.read();
         let mut direct: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
@@ -654,7 +709,7 @@ impl Broker {
                 subscription_ids: ids,
                 shared: None,
             };
-            count += self.deliver_to(session, delivery, congested.as_deref_mut());
+            count += self.deliver_to(session, delivery, congested.as_deref_mut(), ticket);
             i = j;
         }
         for (session, opts, group, filter) in shared {
@@ -665,7 +720,7 @@ impl Broker {
                 subscription_ids: opts.subscription_id.into_iter().collect(),
                 shared: Some((group, filter)),
             };
-            count += self.deliver_to(session, delivery, congested.as_deref_mut());
+            count += self.deliver_to(session, delivery, congested.as_deref_mut(), ticket);
         }
         count
     }
@@ -677,8 +732,11 @@ impl Broker {
         session: &Arc<Session>,
         delivery: Delivery,
         congested: Option<&mut Vec<Arc<Session>>>,
+        ticket: &mut Option<CommitTicket>,
     ) -> usize {
-        match session.deliver_flow(delivery, &self.config.queue, &self.metrics) {
+        let (queued, stored) = session.deliver_flow(delivery, &self.config.queue, &self.metrics);
+        *ticket = later(*ticket, stored);
+        match queued {
             Queued::Yes => 1,
             Queued::OverLimit => {
                 if let Some(list) = congested {
@@ -732,16 +790,22 @@ impl Broker {
     }
 
     /// Hand shared deliveries to an online member of their group; returns
-    /// those no member could take.
-    fn redispatch(&self, deliveries: Vec<Delivery>, _now: Instant) -> Vec<Delivery> {
+    /// those no member could take. Stored ones handed on are deleted from
+    /// `source`, the session they came from (if it still exists).
+    fn redispatch(
+        &self,
+        deliveries: Vec<Pending>,
+        source: Option<&Arc<Session>>,
+        _now: Instant,
+    ) -> Vec<Pending> {
         let mut kept = Vec::new();
         if deliveries.is_empty() {
             return kept;
         }
         let trie = self.subscriptions.read();
-        for delivery in deliveries {
-            let Some((group_name, filter)) = delivery.shared.clone() else {
-                kept.push(delivery);
+        for pending in deliveries {
+            let Some((group_name, filter)) = pending.delivery.shared.clone() else {
+                kept.push(pending);
                 continue;
             };
             let target = trie
@@ -749,13 +813,17 @@ impl Broker {
                 .and_then(|entry| entry.shared.get(&group_name))
                 .and_then(|group| group.members.iter().find(|(_, s, _)| s.is_online()));
             if let Some((_, session, opts)) = target {
+                let Pending { seq, delivery } = pending;
                 let mut d = delivery;
                 d.qos = self.effective_qos(opts.qos, d.message.qos);
                 d.retain = opts.retain_as_published && d.message.retain;
                 d.subscription_ids = opts.subscription_id.into_iter().collect();
                 session.deliver(d, &self.config.queue, &self.metrics);
+                if let Some(source) = source {
+                    source.forget_stored(seq);
+                }
             } else {
-                kept.push(delivery);
+                kept.push(pending);
             }
         }
         kept
@@ -787,34 +855,16 @@ impl Broker {
                     });
                 }
                 st.subscriptions.insert(raw_filter.into(), options);
+                session.save(&mut st, now);
             }
-            let entry = trie.get_or_insert_with(parsed.filter, || FilterEntry {
-                filter: parsed.filter.into(),
-                direct: HashMap::new(),
-                shared: HashMap::new(),
-            });
-            let existed = match parsed.share_group {
-                None => entry
-                    .direct
-                    .insert(client_id.clone(), (session.clone(), options))
-                    .is_some(),
-                Some(group) => {
-                    let group = entry.shared.entry(group.into()).or_default();
-                    match group.members.iter_mut().find(|(c, _, _)| *c == client_id) {
-                        Some(member) => {
-                            member.2 = options;
-                            true
-                        }
-                        None => {
-                            group
-                                .members
-                                .push((client_id.clone(), session.clone(), options));
-                            false
-                        }
-                    }
-                }
-            };
-            existed
+            insert_into_trie(
+                &mut trie,
+                parsed.filter,
+                parsed.share_group,
+                &client_id,
+                session,
+                options,
+            )
         };
         if !existed {
             self.metrics.inc(&self.metrics.subscriptions);
@@ -862,7 +912,12 @@ impl Broker {
         let mut trie = self.subscriptions.write();
         let had = {
             let mut st = session.state.lock();
-            handle.owns(&st) && st.subscriptions.remove(raw_filter).is_some()
+            let had = handle.owns(&st) && st.subscriptions.remove(raw_filter).is_some();
+            if had {
+                // Online: the record holds no instants.
+                session.save(&mut st, Instant::now());
+            }
+            had
         };
         if had && remove_from_trie(&mut trie, raw_filter, &session.client_id) {
             self.metrics.dec(&self.metrics.subscriptions);
@@ -904,9 +959,158 @@ impl Broker {
         out
     }
 
+    /// Put back what a durable store held at start-up: offline persistent
+    /// sessions (subscriptions active, queued and inflight messages, incoming
+    /// QoS 2 ids, pending will) and retained messages. Expired sessions and
+    /// messages are dropped (and deleted from the store), not delivered.
+    /// Sessions that were online when the store was last written count as
+    /// closed abnormally now: their expiry and will delay start here.
+    /// Returns (sessions, messages, retained) restored.
+    pub fn restore(&self, restored: Restored, now: Instant) -> (usize, usize, usize) {
+        let wall = std::time::SystemTime::now();
+        let mut counts = (0, 0, 0);
+        for rs in restored.sessions {
+            let rec = rs.record;
+            let client_id = rec.client_id.clone();
+            let expires_at = match rec.expires_at_ms {
+                Some(ms) => Some(crate::storage::instant_of(ms, now, wall)),
+                None if rec.expiry_interval == u32::MAX => None,
+                None => Some(now + Duration::from_secs(u64::from(rec.expiry_interval))),
+            };
+            let Some(store) = self.store_for(rec.expiry_interval) else {
+                continue;
+            };
+            if expires_at.is_some_and(|at| at <= now) {
+                store.submit(StoreOp::SessionDelete(client_id));
+                continue;
+            }
+            let info = ClientInfo {
+                client_id: client_id.clone(),
+                username: rec.username.clone(),
+                peer: None,
+                protocol: protocol_name(&rec.protocol),
+            };
+            let session = Arc::new(Session::restored(info, rec.expiry_interval, store));
+            {
+                let mut st = session.state.lock();
+                st.expires_at = expires_at;
+                if let Some(will) = rec.will.clone() {
+                    let due = match rec.will_due_ms {
+                        Some(ms) => crate::storage::instant_of(ms, now, wall),
+                        None => {
+                            let delay = will.delay_interval.min(rec.expiry_interval);
+                            now + Duration::from_secs(u64::from(delay))
+                        }
+                    };
+                    st.will = Some(Box::new(will));
+                    st.will_due = Some(due);
+                }
+                for m in rs.messages {
+                    if m.delivery.message.is_expired(now) {
+                        self.metrics.inc(&self.metrics.messages_dropped_expired);
+                        st.emit(StoreOp::MessageDelete {
+                            client_id: client_id.clone(),
+                            seq: m.seq,
+                        });
+                        continue;
+                    }
+                    counts.1 += 1;
+                    st.restore_message(m.seq, m.delivery, m.inflight, now);
+                }
+                for id in rs.incoming_qos2 {
+                    st.restore_incoming_qos2(id, now);
+                }
+                // The record now carries the instants set above.
+                session.save(&mut st, now);
+            }
+            {
+                let mut trie = self.subscriptions.write();
+                let mut st = session.state.lock();
+                for (raw, options) in rec.subscriptions {
+                    let Ok(parsed) = parse_filter(&raw, self.config.max_topic_levels) else {
+                        continue;
+                    };
+                    if !insert_into_trie(
+                        &mut trie,
+                        parsed.filter,
+                        parsed.share_group,
+                        &client_id,
+                        &session,
+                        options,
+                    ) {
+                        self.metrics.inc(&self.metrics.subscriptions);
+                    }
+                    st.subscriptions.insert(raw, options);
+                }
+            }
+            if self
+                .sessions
+                .lock()
+                .insert(client_id, session)
+                .is_none()
+            {
+                self.metrics.inc(&self.metrics.sessions);
+            }
+            counts.0 += 1;
+        }
+        let mut retained = self.retained.write();
+        for m in restored.retained {
+            if m.is_expired(now) {
+                self.persistence
+                    .submit(StoreOp::RetainedDelete(m.topic.clone()));
+                continue;
+            }
+            let topic = m.topic.clone();
+            retained.insert(&topic, Arc::new(m));
+            counts.2 += 1;
+        }
+        self.metrics
+            .retained
+            .store(retained.len() as u64, Ordering::Relaxed);
+        counts
+    }
+
     /// Number of sessions held.
     pub fn session_count(&self) -> usize {
         self.sessions.lock().len()
+    }
+}
+
+/// Add (or update) `client_id`'s subscription to `filter` in the trie;
+/// true when it replaced an existing one.
+fn insert_into_trie(
+    trie: &mut Trie<FilterEntry>,
+    filter: &str,
+    share_group: Option<&str>,
+    client_id: &ClientId,
+    session: &Arc<Session>,
+    options: SubOptions,
+) -> bool {
+    let entry = trie.get_or_insert_with(filter, || FilterEntry {
+        filter: filter.into(),
+        direct: HashMap::new(),
+        shared: HashMap::new(),
+    });
+    match share_group {
+        None => entry
+            .direct
+            .insert(client_id.clone(), (session.clone(), options))
+            .is_some(),
+        Some(group) => {
+            let group = entry.shared.entry(group.into()).or_default();
+            match group.members.iter_mut().find(|(c, _, _)| c == client_id) {
+                Some(member) => {
+                    member.2 = options;
+                    true
+                }
+                None => {
+                    group
+                        .members
+                        .push((client_id.clone(), session.clone(), options));
+                    false
+                }
+            }
+        }
     }
 }
 
@@ -941,6 +1145,17 @@ fn remove_from_trie(trie: &mut Trie<FilterEntry>, raw: &str, client_id: &ClientI
 /// A shared-subscription member chosen for a message: its session, its
 /// options, the group name and the plain filter.
 type SharedPick<'a> = (&'a Arc<Session>, SubOptions, Arc<str>, Arc<str>);
+
+/// The static protocol name for a stored one.
+fn protocol_name(stored: &str) -> &'static str {
+    match stored {
+        "mqtt-sn" => "mqtt-sn",
+        "coap" => "coap",
+        "stomp" => "stomp",
+        "lwm2m" => "lwm2m",
+        _ => "mqtt",
+    }
+}
 
 /// `s` as a JSON string literal.
 fn json_string(s: &str) -> String {

@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 
 use crate::message::{ClientId, Delivery, Message, QoS};
 use crate::metrics::Metrics;
+use crate::storage::{later, CommitTicket, Persistence, SessionRecord, StoreOp};
 
 /// What a protocol channel tells the core about who is connecting.
 #[derive(Debug, Clone)]
@@ -150,6 +151,8 @@ pub enum InflightPhase {
 pub struct Inflight {
     /// Packet identifier used on the wire.
     pub packet_id: u16,
+    /// Store sequence number (0 when the message is not stored).
+    pub seq: u64,
     /// The delivery.
     pub delivery: Delivery,
     /// Where the flow stands.
@@ -200,13 +203,26 @@ pub enum IncomingQos2 {
     Full,
 }
 
+/// A queued delivery with its store sequence number (0 = not stored).
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) seq: u64,
+    pub(crate) delivery: Delivery,
+}
+
 #[derive(Debug)]
 pub(crate) struct SessionState {
     pub(crate) subscriptions: HashMap<Arc<str>, SubOptions>,
-    queue: VecDeque<Delivery>,
+    queue: VecDeque<Pending>,
     inflight: VecDeque<Inflight>,
     next_packet_id: u16,
     incoming_qos2: HashMap<u16, Instant>,
+    /// The durable store, while this session is persistent (expiry above
+    /// zero and a store configured); `None` keeps it off the disk.
+    pub(crate) store: Option<Arc<dyn Persistence>>,
+    /// The latest commit ticket of this session's own changes (QoS 2
+    /// state), for the connection to wait on before acknowledging.
+    last_ticket: Option<CommitTicket>,
     pub(crate) owner: Option<Arc<ConnectionSignal>>,
     pub(crate) expiry_interval: u32,
     /// Boxed: most sessions have none, and a will is a few hundred bytes.
@@ -244,6 +260,8 @@ impl Session {
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
                 incoming_qos2: HashMap::new(),
+                store: None,
+                last_ticket: None,
                 owner: Some(owner),
                 expiry_interval,
                 will: will.map(Box::new),
@@ -271,7 +289,7 @@ impl Session {
         limits: &QueueLimits,
         metrics: &Metrics,
     ) -> bool {
-        self.deliver_flow(delivery, limits, metrics) != Queued::Dropped
+        self.deliver_flow(delivery, limits, metrics).0 != Queued::Dropped
     }
 
     /// Queue a delivery and say whether the publisher should pause.
@@ -282,16 +300,19 @@ impl Session {
     /// be), so it is queued beyond the bound instead — up to twice the
     /// bound — and [`Queued::OverLimit`] asks the publishing connection to
     /// stop reading until this session has room again.
+    ///
+    /// A QoS 1/2 delivery to a persistent session is also handed to the
+    /// store; the returned ticket resolves when it is durable.
     pub(crate) fn deliver_flow(
         &self,
         delivery: Delivery,
         limits: &QueueLimits,
         metrics: &Metrics,
-    ) -> Queued {
+    ) -> (Queued, Option<CommitTicket>) {
         let mut st = self.state.lock();
         if st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.store_qos0 {
             metrics.inc(&metrics.messages_dropped_offline_qos0);
-            return Queued::Dropped;
+            return (Queued::Dropped, None);
         }
         let mut outcome = Queued::Yes;
         if st.queue.len() >= limits.max_len
@@ -304,23 +325,37 @@ impl Session {
         } else if st.queue.len() >= limits.max_len {
             metrics.inc(&metrics.messages_dropped_queue_full);
             match limits.overflow {
-                Overflow::DropNewest => return Queued::Dropped,
+                Overflow::DropNewest => return (Queued::Dropped, None),
                 Overflow::DropOldest => {
-                    st.queue.pop_front();
+                    if let Some(old) = st.queue.pop_front() {
+                        st.forget(old.seq);
+                    }
                 }
+            }
+        }
+        let mut ticket = None;
+        let mut seq = 0;
+        if delivery.qos != QoS::AtMostOnce {
+            if let Some(store) = &st.store {
+                seq = store.next_seq();
+                ticket = store.submit(StoreOp::MessagePut {
+                    client_id: self.client_id.clone(),
+                    seq,
+                    delivery: delivery.clone(),
+                });
             }
         }
         // One wake-up per batch: a non-empty mailbox means the owner has
         // been woken already and will drain it (or is waiting for its
         // inflight window, and acknowledgements make it look again).
         let was_empty = st.queue.is_empty();
-        st.queue.push_back(delivery);
+        st.queue.push_back(Pending { seq, delivery });
         if was_empty {
             if let Some(owner) = &st.owner {
                 owner.wake();
             }
         }
-        outcome
+        (outcome, ticket)
     }
 
     /// True while publishers should wait before adding to this session:
@@ -343,7 +378,7 @@ impl Session {
     }
 
     /// Put deliveries back at the front of the mailbox, in order, ignoring the bound.
-    pub(crate) fn requeue_front(&self, deliveries: Vec<Delivery>) {
+    pub(crate) fn requeue_front(&self, deliveries: Vec<Pending>) {
         let mut st = self.state.lock();
         for d in deliveries.into_iter().rev() {
             st.queue.push_front(d);
@@ -351,28 +386,98 @@ impl Session {
     }
 
     /// Take back shared-subscription deliveries not yet completed, so they
-    /// can go to another member of their group.
-    pub(crate) fn take_shared_unacked(&self) -> Vec<Delivery> {
+    /// can go to another member of their group. Stored ones keep their
+    /// sequence number and are back in the queued state.
+    pub(crate) fn take_shared_unacked(&self) -> Vec<Pending> {
         let mut st = self.state.lock();
         let mut out = Vec::new();
         // Inflight first: they are older than anything still queued.
         let inflight = std::mem::take(&mut st.inflight);
         for i in inflight {
             if i.delivery.shared.is_some() && i.phase != InflightPhase::AwaitingComp {
-                out.push(i.delivery);
+                st.set_inflight_state(&self.client_id, i.seq, None);
+                out.push(Pending {
+                    seq: i.seq,
+                    delivery: i.delivery,
+                });
             } else {
                 st.inflight.push_back(i);
             }
         }
         let queue = std::mem::take(&mut st.queue);
         for d in queue {
-            if d.shared.is_some() && d.qos != QoS::AtMostOnce {
+            if d.delivery.shared.is_some() && d.delivery.qos != QoS::AtMostOnce {
                 out.push(d);
             } else {
                 st.queue.push_back(d);
             }
         }
         out
+    }
+
+    /// A stored message of this session is gone (handed elsewhere).
+    pub(crate) fn forget_stored(&self, seq: u64) {
+        let mut st = self.state.lock();
+        st.forget(seq);
+    }
+
+    /// The record a durable store keeps for this session.
+    pub(crate) fn record(&self, st: &SessionState, now: Instant) -> SessionRecord {
+        let wall = std::time::SystemTime::now();
+        SessionRecord {
+            client_id: self.client_id.clone(),
+            username: st.info.username.clone(),
+            protocol: st.info.protocol.to_string(),
+            expiry_interval: st.expiry_interval,
+            subscriptions: st
+                .subscriptions
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+            will: st.will.as_deref().cloned(),
+            will_due_ms: st
+                .will_due
+                .map(|d| crate::storage::unix_ms_of(d, now, wall)),
+            expires_at_ms: st
+                .expires_at
+                .map(|d| crate::storage::unix_ms_of(d, now, wall)),
+        }
+    }
+
+    /// Write this session's record, when it is persistent.
+    pub(crate) fn save(&self, st: &mut SessionState, now: Instant) {
+        if st.store.is_some() {
+            let record = self.record(st, now);
+            st.emit(StoreOp::SessionPut(record));
+        }
+    }
+
+    /// Build an offline session from the store.
+    pub(crate) fn restored(
+        info: ClientInfo,
+        expiry_interval: u32,
+        store: Arc<dyn Persistence>,
+    ) -> Session {
+        Session {
+            client_id: info.client_id.clone(),
+            online: AtomicBool::new(false),
+            room: Notify::new(),
+            state: Mutex::new(SessionState {
+                subscriptions: HashMap::new(),
+                queue: VecDeque::new(),
+                inflight: VecDeque::new(),
+                next_packet_id: 1,
+                incoming_qos2: HashMap::new(),
+                store: Some(store),
+                last_ticket: None,
+                owner: None,
+                expiry_interval,
+                will: None,
+                will_due: None,
+                expires_at: None,
+                info,
+            }),
+        }
     }
 
     /// Current number of pending (not yet sent) deliveries.
@@ -458,18 +563,20 @@ impl SessionHandle {
         let mut out = Vec::new();
         while out.len() < max {
             let Some(front) = st.queue.front() else { break };
-            if front.qos != QoS::AtMostOnce && st.inflight.len() >= window {
+            if front.delivery.qos != QoS::AtMostOnce && st.inflight.len() >= window {
                 break;
             }
-            let Some(delivery) = st.queue.pop_front() else {
+            let Some(Pending { seq, delivery }) = st.queue.pop_front() else {
                 break;
             };
             if delivery.message.is_expired(now) {
                 metrics.inc(&metrics.messages_dropped_expired);
+                st.forget(seq);
                 continue;
             }
             if !accept(&delivery) {
                 metrics.inc(&metrics.messages_dropped_too_large);
+                st.forget(seq);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
@@ -481,7 +588,7 @@ impl SessionHandle {
                 continue;
             }
             let Some(packet_id) = next_free_packet_id(&mut st) else {
-                st.queue.push_front(delivery);
+                st.queue.push_front(Pending { seq, delivery });
                 break;
             };
             let phase = if delivery.qos == QoS::AtLeastOnce {
@@ -489,8 +596,10 @@ impl SessionHandle {
             } else {
                 InflightPhase::AwaitingRec
             };
+            st.set_inflight_state(&self.session.client_id, seq, Some((packet_id, phase)));
             st.inflight.push_back(Inflight {
                 packet_id,
+                seq,
                 delivery: delivery.clone(),
                 phase,
                 sent_at: now,
@@ -514,7 +623,7 @@ impl SessionHandle {
         let st = self.session.state.lock();
         st.queue
             .front()
-            .is_some_and(|d| d.qos == QoS::AtMostOnce || st.inflight.len() < window)
+            .is_some_and(|d| d.delivery.qos == QoS::AtMostOnce || st.inflight.len() < window)
     }
 
     /// PUBACK received: completes a QoS 1 flow. False if unknown.
@@ -542,13 +651,31 @@ impl SessionHandle {
             return false;
         };
         if !accepted {
-            st.inflight.remove(pos);
+            if let Some(entry) = st.inflight.remove(pos) {
+                st.forget(entry.seq);
+            }
             return false;
         }
+        let mut seq = 0;
         if let Some(entry) = st.inflight.get_mut(pos) {
             entry.phase = InflightPhase::AwaitingComp;
+            seq = entry.seq;
         }
+        // PUBREL goes out once this is durable (see [`SessionHandle::take_ticket`]):
+        // a restart must not send the message again after its release.
+        st.set_inflight_state(
+            &self.session.client_id,
+            seq,
+            Some((packet_id, InflightPhase::AwaitingComp)),
+        );
         true
+    }
+
+    /// The latest commit ticket of this session's own changes (incoming
+    /// QoS 2 ids, outgoing PUBREL state), taken: the connection holds its
+    /// PUBREC / PUBREL / PUBCOMP until it resolves.
+    pub fn take_ticket(&self) -> Option<CommitTicket> {
+        self.session.state.lock().last_ticket.take()
     }
 
     fn complete(&self, packet_id: u16, phase: InflightPhase) -> bool {
@@ -562,7 +689,9 @@ impl SessionHandle {
             .position(|i| i.packet_id == packet_id && i.phase == phase)
         {
             Some(pos) => {
-                st.inflight.remove(pos);
+                if let Some(entry) = st.inflight.remove(pos) {
+                    st.forget(entry.seq);
+                }
                 true
             }
             None => false,
@@ -617,18 +746,30 @@ impl SessionHandle {
             IncomingQos2::Full
         } else {
             st.incoming_qos2.insert(packet_id, now);
+            if st.store.is_some() {
+                // Submitted before the message is routed, so it is durable
+                // no later than the message: a restart never routes a
+                // resent PUBLISH twice.
+                st.emit(StoreOp::Qos2Put {
+                    client_id: self.session.client_id.clone(),
+                    packet_id,
+                });
+            }
             IncomingQos2::New
         }
     }
 
     /// PUBREL received: forget the id. False if it was not known.
     pub fn release_incoming_qos2(&self, packet_id: u16) -> bool {
-        self.session
-            .state
-            .lock()
-            .incoming_qos2
-            .remove(&packet_id)
-            .is_some()
+        let mut st = self.session.state.lock();
+        let known = st.incoming_qos2.remove(&packet_id).is_some();
+        if known && st.store.is_some() {
+            st.emit(StoreOp::Qos2Delete {
+                client_id: self.session.client_id.clone(),
+                packet_id,
+            });
+        }
+        known
     }
 
     /// Number of incoming QoS 2 ids awaiting PUBREL.
@@ -656,7 +797,69 @@ impl SessionHandle {
         let mut st = self.session.state.lock();
         if self.owns(&st) {
             st.will = will.map(Box::new);
+            // Online: the record holds no instants, so any `now` will do.
+            self.session.save(&mut st, Instant::now());
         }
+    }
+}
+
+impl SessionState {
+    /// Hand `op` to the store (if persistent), keeping the latest ticket.
+    pub(crate) fn emit(&mut self, op: StoreOp) -> Option<CommitTicket> {
+        let ticket = self.store.as_ref()?.submit(op);
+        self.last_ticket = later(self.last_ticket, ticket);
+        ticket
+    }
+
+    /// A stored message is done: delete it.
+    fn forget(&mut self, seq: u64) {
+        if seq != 0 && self.store.is_some() {
+            let client_id = self.info.client_id.clone();
+            self.emit(StoreOp::MessageDelete { client_id, seq });
+        }
+    }
+
+    fn set_inflight_state(
+        &mut self,
+        client_id: &ClientId,
+        seq: u64,
+        state: Option<(u16, InflightPhase)>,
+    ) {
+        if seq != 0 && self.store.is_some() {
+            self.emit(StoreOp::InflightPut {
+                client_id: client_id.clone(),
+                seq,
+                state,
+            });
+        }
+    }
+
+    /// Put a restored message back: queued, or inflight under its packet id.
+    pub(crate) fn restore_message(
+        &mut self,
+        seq: u64,
+        delivery: Delivery,
+        inflight: Option<(u16, InflightPhase)>,
+        now: Instant,
+    ) {
+        match inflight {
+            Some((packet_id, phase)) => {
+                self.next_packet_id = packet_id.checked_add(1).unwrap_or(1).max(1);
+                self.inflight.push_back(Inflight {
+                    packet_id,
+                    seq,
+                    delivery,
+                    phase,
+                    sent_at: now,
+                });
+            }
+            None => self.queue.push_back(Pending { seq, delivery }),
+        }
+    }
+
+    /// Put a restored incoming QoS 2 id back.
+    pub(crate) fn restore_incoming_qos2(&mut self, packet_id: u16, now: Instant) {
+        self.incoming_qos2.insert(packet_id, now);
     }
 }
 
