@@ -482,6 +482,14 @@ impl Broker {
     /// Fire delayed wills and end expired offline sessions. Returns the
     /// next instant something is due, if any.
     pub fn tick(&self, now: Instant) -> Option<Instant> {
+        if self.persistence.enabled() {
+            let s = self.persistence.stats();
+            let m = &self.metrics;
+            m.store_disk_bytes.store(s.disk_bytes, Ordering::Relaxed);
+            m.store_commits.store(s.commits, Ordering::Relaxed);
+            m.store_commit_failures.store(s.failures, Ordering::Relaxed);
+            m.store_ops.store(s.ops, Ordering::Relaxed);
+        }
         let mut wills = Vec::new();
         let mut ended = Vec::new();
         let mut next: Option<Instant> = None;

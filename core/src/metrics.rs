@@ -75,6 +75,16 @@ metrics! {
     rate_limited,
     /// Subscriptions refused because the client holds the most allowed.
     subscriptions_refused_quota,
+    /// Bytes the durable store occupies on disk (0 with `storage = "memory"`).
+    store_disk_bytes,
+    /// Group commits written by the durable store.
+    store_commits,
+    /// Group commits that failed (disk full, I/O error).
+    store_commit_failures,
+    /// Changes written by the durable store.
+    store_ops,
+    /// Acknowledgements refused because their store write failed.
+    store_refused,
 }
 
 impl Metrics {

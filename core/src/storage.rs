@@ -222,6 +222,23 @@ pub trait Persistence: Send + Sync + std::fmt::Debug {
     fn next_seq(&self) -> u64;
     /// Commit progress, for waiting on tickets.
     fn commits(&self) -> Option<Arc<Commits>>;
+    /// Figures for metrics.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
+}
+
+/// A store's figures, exported as metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes on disk.
+    pub disk_bytes: u64,
+    /// Batches committed.
+    pub commits: u64,
+    /// Batches that failed.
+    pub failures: u64,
+    /// Ops written.
+    pub ops: u64,
 }
 
 /// Memory only: nothing survives a restart.

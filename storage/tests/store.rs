@@ -1,0 +1,287 @@
+//! The durable store end to end through the core broker: what a broker
+//! wrote is what the next one restores; expiry, compaction and corruption.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tributary_core::auth::{AllowAll, RuleAuthorizer};
+use tributary_core::cluster::SingleNode;
+use tributary_core::storage::{Persistence, Restored, TicketState};
+use tributary_core::{
+    Broker, BrokerConfig, ClientInfo, CloseKind, Message, QoS, SessionRequest, SubOptions,
+};
+use tributary_storage::{open_fjall, Backend, DurableStore, FjallBackend, StoreOptions};
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!(
+            "tributary-store-{name}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn broker(store: Arc<DurableStore>, restored: Restored, now: Instant) -> Broker {
+    let b = Broker::with_seams(
+        BrokerConfig::default(),
+        Box::new(AllowAll),
+        Box::new(RuleAuthorizer::allow_all()),
+        Box::new(Shared(store)),
+        Box::new(SingleNode),
+    );
+    b.restore(restored, now);
+    b
+}
+
+/// The broker owns a `Box<dyn Persistence>`; the test keeps the store too.
+#[derive(Debug)]
+struct Shared(Arc<DurableStore>);
+
+impl Persistence for Shared {
+    fn enabled(&self) -> bool {
+        self.0.enabled()
+    }
+    fn submit(&self, op: tributary_core::storage::StoreOp) -> Option<tributary_core::storage::CommitTicket> {
+        self.0.submit(op)
+    }
+    fn next_seq(&self) -> u64 {
+        self.0.next_seq()
+    }
+    fn commits(&self) -> Option<Arc<tributary_core::storage::Commits>> {
+        self.0.commits()
+    }
+    fn stats(&self) -> tributary_core::storage::StoreStats {
+        self.0.stats()
+    }
+}
+
+fn client(id: &str) -> ClientInfo {
+    ClientInfo {
+        client_id: id.into(),
+        username: None,
+        peer: None,
+        protocol: "mqtt",
+    }
+}
+
+fn request(id: &str, clean: bool, expiry: u32) -> SessionRequest {
+    SessionRequest {
+        client: client(id),
+        clean_start: clean,
+        expiry_interval: expiry,
+        will: None,
+    }
+}
+
+fn msg(topic: &str, payload: &str, qos: QoS, retain: bool) -> Message {
+    let mut m = Message::new(topic, Bytes::from(payload.to_string()), qos, retain);
+    m.publisher = Some("pub".into());
+    m
+}
+
+fn wait_durable(store: &DurableStore, ticket: Option<tributary_core::storage::CommitTicket>) {
+    let (Some(commits), Some(t)) = (store.commits(), ticket) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    assert_eq!(rt.block_on(commits.wait(t)), TicketState::Durable);
+}
+
+#[test]
+fn offline_session_queue_and_retained_survive_a_reopen() {
+    let dir = TempDir::new("roundtrip");
+    let now = Instant::now();
+    {
+        let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("opens");
+        assert!(restored.sessions.is_empty());
+        let b = broker(store.clone(), restored, now);
+        let opened = b.open_session(request("sub", true, 3600), now);
+        b.subscribe(&opened.handle, "t/#", SubOptions::at(QoS::ExactlyOnce), now)
+            .expect("subscribes");
+        b.close_session(&opened.handle, CloseKind::Normal { publish_will: false }, now);
+        // A clean session never reaches the store.
+        let clean = b.open_session(request("clean", true, 0), now);
+        b.subscribe(&clean.handle, "t/#", SubOptions::at(QoS::AtLeastOnce), now)
+            .expect("subscribes");
+        let mut last = None;
+        for i in 0..10 {
+            let mut congested = Vec::new();
+            let mut ticket = None;
+            let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+            b.publish_durable(msg("t/a", &format!("m{i}"), qos, false), now, &mut congested, &mut ticket);
+            assert!(ticket.is_some(), "queued for a persistent session: ticketed");
+            last = ticket;
+        }
+        let mut ticket = None;
+        b.publish_durable(msg("t/r", "kept", QoS::AtMostOnce, true), now, &mut Vec::new(), &mut ticket);
+        let mut ticket0 = None;
+        b.publish_durable(msg("t/q0", "zero", QoS::AtMostOnce, false), now, &mut Vec::new(), &mut ticket0);
+        wait_durable(&store, tributary_core::storage::later(last, ticket));
+        store.close();
+    }
+    let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("reopens");
+    assert_eq!(restored.sessions.len(), 1, "only the persistent session");
+    let s = &restored.sessions[0];
+    assert_eq!(&*s.record.client_id, "sub");
+    assert_eq!(s.record.subscriptions.len(), 1);
+    // QoS 0 deliveries were queued in memory only; the retained QoS 0
+    // message itself is kept.
+    let payloads: Vec<_> = s.messages.iter().map(|m| m.delivery.message.payload.clone()).collect();
+    let expected: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(payloads, expected);
+    assert_eq!(restored.retained.len(), 1);
+    let b = broker(store, restored, now);
+    let opened = b.open_session(request("sub", false, 3600), now);
+    assert!(opened.session_present);
+    let out = opened.handle.take_for_send(now, 100, 100, b.metrics(), |_| true);
+    assert_eq!(out.len(), 10);
+    // Subscriptions are active again.
+    assert_eq!(b.publish(msg("t/b", "after", QoS::AtLeastOnce, false), now), 1);
+}
+
+#[test]
+fn inflight_state_is_restored_for_resend_with_dup() {
+    let dir = TempDir::new("inflight");
+    let now = Instant::now();
+    {
+        let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("opens");
+        let b = broker(store.clone(), restored, now);
+        let opened = b.open_session(request("sub", true, 3600), now);
+        b.subscribe(&opened.handle, "t", SubOptions::at(QoS::ExactlyOnce), now)
+            .expect("subscribes");
+        b.publish(msg("t", "one", QoS::ExactlyOnce, false), now);
+        b.publish(msg("t", "two", QoS::ExactlyOnce, false), now);
+        let out = opened.handle.take_for_send(now, 10, 10, b.metrics(), |_| true);
+        assert_eq!(out.len(), 2);
+        let first = out[0].packet_id.expect("qos 2 has an id");
+        assert!(opened.handle.received(first, true), "PUBREC → PUBREL");
+        let ticket = opened.handle.take_ticket();
+        assert!(ticket.is_some(), "the PUBREL state is ticketed");
+        wait_durable(&store, ticket);
+        store.close();
+    }
+    let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("reopens");
+    let b = broker(store, restored, now);
+    let opened = b.open_session(request("sub", false, 3600), now);
+    assert!(opened.session_present);
+    assert_eq!(opened.resend.len(), 2);
+    assert!(matches!(opened.resend[0], tributary_core::Resend::PubRel(_)));
+    match &opened.resend[1] {
+        tributary_core::Resend::Publish(o) => {
+            assert!(o.dup);
+            assert_eq!(o.delivery.message.payload, Bytes::from("two"));
+        }
+        other => panic!("expected a PUBLISH, got {other:?}"),
+    }
+}
+
+#[test]
+fn expired_sessions_and_messages_are_dropped_on_restore() {
+    let dir = TempDir::new("expiry");
+    let now = Instant::now();
+    {
+        let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("opens");
+        let b = broker(store.clone(), restored, now);
+        for (id, expiry) in [("short", 1), ("long", 3600)] {
+            let o = b.open_session(request(id, true, expiry), now);
+            b.subscribe(&o.handle, "t", SubOptions::at(QoS::AtLeastOnce), now)
+                .expect("subscribes");
+            b.close_session(&o.handle, CloseKind::Abnormal, now);
+        }
+        let mut m = msg("t", "brief", QoS::AtLeastOnce, false);
+        m.expires_at = Some(now + Duration::from_secs(1));
+        let mut ticket = None;
+        b.publish_durable(m, now, &mut Vec::new(), &mut ticket);
+        b.publish_durable(msg("t", "stays", QoS::AtLeastOnce, false), now, &mut Vec::new(), &mut ticket);
+        wait_durable(&store, ticket);
+        store.close();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("reopens");
+    let b = broker(store, restored, Instant::now());
+    assert_eq!(b.session_count(), 1, "the expired session is gone");
+    let o = b.open_session(request("long", false, 3600), Instant::now());
+    let out = o.handle.take_for_send(Instant::now(), 10, 10, b.metrics(), |_| true);
+    let payloads: Vec<_> = out.iter().map(|o| o.delivery.message.payload.clone()).collect();
+    assert_eq!(payloads, vec![Bytes::from("stays")]);
+}
+
+#[test]
+fn acknowledged_messages_are_deleted_and_compaction_reclaims_space() {
+    let dir = TempDir::new("compact");
+    let now = Instant::now();
+    let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("opens");
+    let b = broker(store.clone(), restored, now);
+    let o = b.open_session(request("sub", true, 3600), now);
+    b.subscribe(&o.handle, "t", SubOptions::at(QoS::AtLeastOnce), now)
+        .expect("subscribes");
+    let payload = "x".repeat(100);
+    for round in 0..20 {
+        let mut ticket = None;
+        for _ in 0..100 {
+            b.publish_durable(msg("t", &payload, QoS::AtLeastOnce, false), now, &mut Vec::new(), &mut ticket);
+        }
+        wait_durable(&store, ticket);
+        for out in o.handle.take_for_send(now, 1000, 1000, b.metrics(), |_| true) {
+            assert!(o.handle.acknowledge(out.packet_id.expect("id")), "round {round}");
+        }
+    }
+    let t = o.handle.take_ticket();
+    wait_durable(&store, t);
+    store.close();
+    drop(b);
+    drop(store);
+    let mut backend = FjallBackend::open(&dir.0).expect("opens");
+    let records = backend.scan().expect("scans");
+    assert!(
+        records.iter().all(|(k, _)| k[0] != b'M' && k[0] != b'F'),
+        "no message left after every acknowledgement"
+    );
+    backend.compact().expect("compacts");
+    assert!(backend.disk_bytes() > 0);
+}
+
+#[test]
+fn a_corrupt_record_fails_the_open_with_its_key() {
+    let dir = TempDir::new("corrupt");
+    {
+        let mut backend = FjallBackend::open(&dir.0).expect("opens");
+        backend
+            .apply(
+                &[tributary_storage::KvOp::Put(b"Sbroken".to_vec(), b"\x00\x01".to_vec())],
+                tributary_storage::SyncMode::Fsync,
+            )
+            .expect("writes");
+    }
+    let err = open_fjall(&dir.0, StoreOptions::default()).expect_err("refuses");
+    let text = err.to_string();
+    assert!(text.contains("corrupt store"), "{text}");
+    assert!(text.contains("Sbroken"), "{text}");
+}
+
+#[test]
+fn an_unreadable_store_directory_fails_the_open() {
+    let dir = TempDir::new("unreadable");
+    std::fs::create_dir_all(&dir.0).expect("mkdir");
+    // The engine's own files replaced by garbage.
+    std::fs::write(dir.0.join("version"), b"garbage").expect("write");
+    std::fs::create_dir_all(dir.0.join("keyspaces")).expect("mkdir");
+    std::fs::create_dir_all(dir.0.join("journals")).expect("mkdir");
+    assert!(open_fjall(&dir.0, StoreOptions::default()).is_err());
+}
