@@ -43,6 +43,7 @@ pub mod mqttsn;
 pub mod sections;
 pub mod security;
 pub mod stomp;
+pub mod storage;
 mod validate;
 
 pub use api::{ApiConfig, ApiKey};
@@ -61,6 +62,7 @@ pub use security::{
     JwtAlgorithm, JwtAuth, JwtFrom,
 };
 pub use stomp::{SockJsConfig, StompConfig, StompUnacked};
+pub use storage::{DurabilityMode, StorageBackend, StorageConfig};
 
 /// The whole configuration. Each field is a top-level TOML table of the same name.
 ///
@@ -93,6 +95,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[stomp]`: the STOMP gateway (TCP, WebSocket, SockJS).
     pub stomp: StompConfig,
+    /// `[storage]`: the durable store for sessions and retained messages.
+    pub storage: StorageConfig,
 }
 
 /// The commented default configuration file, printed by `tributary print-default-config`.

@@ -56,6 +56,7 @@ impl Config {
         self.mqttsn.check(&mut p.0);
         p.0.extend(self.coap.problems());
         p.0.extend(self.stomp.problems());
+        p.0.extend(self.storage.problems());
         crate::listeners::check_listener_kinds(self, &mut p.0);
         self.authentication.check(&mut p.0);
         self.api.check(&mut p.0);
