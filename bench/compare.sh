@@ -199,6 +199,7 @@ start_broker() {
       TRIBUTARY__COAP__BIND=127.0.0.1:0 \
       TRIBUTARY__STOMP__BIND=127.0.0.1:0 \
       TRIBUTARY__STOMP__WS_BIND=127.0.0.1:0 \
+      TRIBUTARY__STORAGE__BACKEND="${TRIBUTARY_STORAGE:-memory}" \
       NO_COLOR=1 \
         "${pin_broker[@]}" "$tributary_bin" >>"$tmp/broker.log" 2>&1 &
       ;;

@@ -13,6 +13,7 @@
 //! - [`listener_stats`]: per-listener counters and connection-rate buckets.
 //! - [`stomp_tcp`], [`stomp_http`], [`stomp_ws`]: STOMP over TCP (61613),
 //!   and over WebSocket and SockJS on the HTTP listener (61614).
+//! - [`storage`]: opens the durable store and restores what it held.
 //! - [`start`] / [`Gateway`]: start every listener and the housekeeping
 //!   task; shut down gracefully (MQTT 5 clients get DISCONNECT 0x8B).
 //!
@@ -32,6 +33,7 @@ pub mod security;
 pub mod stomp_http;
 pub mod stomp_tcp;
 pub mod stomp_ws;
+pub mod storage;
 pub mod stream_listeners;
 pub mod sys;
 pub mod tls;
@@ -76,6 +78,8 @@ pub struct Gateway {
     api_task: Option<tokio::task::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The durable store, closed (pending writes synced) after the drain.
+    store: Option<Arc<tributary_storage::DurableStore>>,
 }
 
 /// How long connections get to say goodbye on shutdown.
@@ -83,7 +87,31 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Bind every enabled listener and start serving.
 pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
-    let broker = Arc::new(wiring::broker(config)?);
+    let opened = storage::open(config).with_context(|| {
+        format!(
+            "storage: the store in {:?} cannot be used (fix or move it away; \
+             the gateway does not start empty over data it cannot read)",
+            config.storage.data_dir
+        )
+    })?;
+    let (store, restored) = match opened {
+        Some((store, restored)) => (Some(store), Some(restored)),
+        None => (None, None),
+    };
+    let broker = Arc::new(wiring::broker_with(
+        config,
+        storage::persistence(store.as_ref()),
+    )?);
+    if let Some(restored) = restored {
+        let (sessions, messages, retained) = broker.restore(restored, mqtt_tcp::now());
+        info!(
+            sessions,
+            messages,
+            retained,
+            data_dir = %config.storage.data_dir,
+            "restored from the store"
+        );
+    }
     let channel = wiring::mqtt_channel(config);
     let mut listeners = Vec::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -205,6 +233,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         coap_udp,
         shutdown: shutdown_tx,
         tasks,
+        store,
     })
 }
 
@@ -249,6 +278,10 @@ impl Gateway {
         }
         if let Some(api) = self.api_task.take() {
             api.abort();
+        }
+        if let Some(store) = self.store.take() {
+            // Blocking: the writer syncs what is pending.
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
         }
     }
 }

@@ -7,6 +7,11 @@
 //! the socket, the session's wake-up signal, and the channel's deadline
 //! (connect timeout, then keep alive).
 //!
+//! Acknowledgements the channel holds for the durable store (DESIGN.md §1)
+//! are released when their commit ticket resolves: one more branch of the
+//! same wait, so the connection keeps reading and delivering meanwhile; it
+//! stops reading only when [`tributary_mqtt::channel::MAX_HELD_ACKS`] wait.
+//!
 //! [`drive`] is generic over the transport ([`ConnRead`] plus `AsyncWrite`):
 //! the TLS and WebSocket listeners (`crate::stream_listeners`) run the same
 //! driver over their streams. Plain TCP reads with `readable()` +
@@ -205,8 +210,12 @@ pub(crate) async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
             let deadline = channel
                 .next_deadline()
                 .map_or(pause_end, |d| d.min(pause_end));
+            let held = channel.held_ticket();
             tokio::select! {
                 _ = wait_for_room(&paused, mailbox_bound) => paused.clear(),
+                _ = wait_commit(channel.commits().cloned(), held), if held.is_some() => {
+                    channel.release_durable(now());
+                }
                 _ = async { match &signal { Some(s) => s.notified().await, None => std::future::pending().await } } => {
                     channel.handle_wake(now());
                 }
@@ -234,8 +243,18 @@ pub(crate) async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
         }
         let before = rbuf.len();
         let cap = (before + READ_BATCH).min(channel.max_packet_size().saturating_add(READ_CHUNK));
+        let held = channel.held_ticket();
+        let reading = channel.read_paused_until().is_none() && !channel.holds_too_many();
         tokio::select! {
-            alive = reader.read_into(&mut rbuf, cap), if channel.read_paused_until().is_none() => {
+            _ = wait_commit(channel.commits().cloned(), held), if held.is_some() => {
+                channel.release_durable(now());
+                if !rbuf.is_empty() && !channel.holds_too_many() {
+                    // Reads stopped on too many held acknowledgements: what
+                    // is buffered goes first.
+                    decode_all(&mut channel, &mut rbuf);
+                }
+            }
+            alive = reader.read_into(&mut rbuf, cap), if reading => {
                 metrics.add(&metrics.bytes_received, (rbuf.len() - before) as u64);
                 if !alive {
                     peer_closed = true;
@@ -304,6 +323,19 @@ async fn wait_for_room(sessions: &[Arc<Session>], max_len: usize) {
             }
             room.await;
         }
+    }
+}
+
+/// Wait until the store's commit `ticket` resolves (forever without one).
+async fn wait_commit(
+    commits: Option<Arc<tributary_core::storage::Commits>>,
+    ticket: Option<tributary_core::storage::CommitTicket>,
+) {
+    match (commits, ticket) {
+        (Some(c), Some(t)) => {
+            c.wait(t).await;
+        }
+        _ => std::future::pending().await,
     }
 }
 
@@ -378,6 +410,7 @@ fn decode_all(channel: &mut Channel, rbuf: &mut BytesMut) {
         if channel.is_closed()
             || channel.awaiting_auth_result()
             || channel.is_backpressured()
+            || channel.holds_too_many()
             || channel.read_paused_until().is_some()
         {
             break;

@@ -26,6 +26,14 @@ fn secs_u32(d: std::time::Duration) -> u32 {
 /// ACL (inline rules, then the ACL file). Fails when a users file, key or
 /// ACL file named by the configuration cannot be used.
 pub fn broker(config: &Config) -> Result<Broker, crate::security::SecurityError> {
+    broker_with(config, Box::new(MemoryPersistence))
+}
+
+/// [`broker`] with the given persistence seam (the durable store).
+pub fn broker_with(
+    config: &Config,
+    persistence: Box<dyn tributary_core::storage::Persistence>,
+) -> Result<Broker, crate::security::SecurityError> {
     let m = &config.mqtt;
     let broker_config = BrokerConfig {
         max_topic_levels: usize::from(m.max_topic_levels),
@@ -65,7 +73,7 @@ pub fn broker(config: &Config) -> Result<Broker, crate::security::SecurityError>
         broker_config,
         Box::new(crate::security::Chain::new(config)?),
         Box::new(authorizer),
-        Box::new(MemoryPersistence),
+        persistence,
         Box::new(SingleNode),
     ))
 }

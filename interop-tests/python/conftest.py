@@ -63,6 +63,9 @@ class Broker:
             "TRIBUTARY__LISTENERS__WS__DEFAULT__BIND": "127.0.0.1:0",
             "TRIBUTARY__API__BIND": "127.0.0.1:0",
             "TRIBUTARY__LOG__LEVEL": "debug",
+            # Fresh broker, fresh state: no test shares a store (durability
+            # tests pass their own data directory).
+            "TRIBUTARY__STORAGE__BACKEND": "memory",
             "NO_COLOR": "1",
         })
         full_env.pop("RUST_LOG", None)

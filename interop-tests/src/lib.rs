@@ -133,6 +133,8 @@ impl TestBroker {
                 // ... nor over the WebSocket and HTTP API ports.
                 .env("TRIBUTARY__LISTENERS__WS__DEFAULT__BIND", "127.0.0.1:0")
                 .env("TRIBUTARY__API__BIND", "127.0.0.1:0")
+                // No test shares a store: in memory unless a test says otherwise.
+                .env("TRIBUTARY__STORAGE__BACKEND", "memory")
                 // The log goes to a file: no colour escapes.
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())

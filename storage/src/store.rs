@@ -81,7 +81,7 @@ impl Default for StoreOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The engine could not open or read the store.
-    #[error("cannot open the store: {0}")]
+    #[error(transparent)]
     Engine(#[from] BackendError),
     /// A record does not decode.
     #[error("corrupt store in {path}: record {key}: {reason}")]
@@ -536,4 +536,32 @@ fn decode_all(
         });
     }
     Ok((restored, max_seq, orphans))
+}
+
+/// A shared handle on a [`DurableStore`] that is itself a
+/// [`Persistence`]: the broker owns one, the gateway keeps the store to
+/// close it at shutdown.
+#[derive(Debug, Clone)]
+pub struct SharedStore(pub Arc<DurableStore>);
+
+impl Persistence for SharedStore {
+    fn enabled(&self) -> bool {
+        self.0.enabled()
+    }
+
+    fn submit(&self, op: StoreOp) -> Option<CommitTicket> {
+        self.0.submit(op)
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.0.next_seq()
+    }
+
+    fn commits(&self) -> Option<Arc<Commits>> {
+        self.0.commits()
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.0.stats()
+    }
 }

@@ -12,7 +12,7 @@ use tributary_core::storage::{Persistence, Restored, TicketState};
 use tributary_core::{
     Broker, BrokerConfig, ClientInfo, CloseKind, Message, QoS, SessionRequest, SubOptions,
 };
-use tributary_storage::{open_fjall, Backend, DurableStore, FjallBackend, StoreOptions};
+use tributary_storage::{open_fjall, Backend, DurableStore, FjallBackend, SharedStore, StoreOptions};
 
 struct TempDir(PathBuf);
 
@@ -39,33 +39,11 @@ fn broker(store: Arc<DurableStore>, restored: Restored, now: Instant) -> Broker 
         BrokerConfig::default(),
         Box::new(AllowAll),
         Box::new(RuleAuthorizer::allow_all()),
-        Box::new(Shared(store)),
+        Box::new(SharedStore(store)),
         Box::new(SingleNode),
     );
     b.restore(restored, now);
     b
-}
-
-/// The broker owns a `Box<dyn Persistence>`; the test keeps the store too.
-#[derive(Debug)]
-struct Shared(Arc<DurableStore>);
-
-impl Persistence for Shared {
-    fn enabled(&self) -> bool {
-        self.0.enabled()
-    }
-    fn submit(&self, op: tributary_core::storage::StoreOp) -> Option<tributary_core::storage::CommitTicket> {
-        self.0.submit(op)
-    }
-    fn next_seq(&self) -> u64 {
-        self.0.next_seq()
-    }
-    fn commits(&self) -> Option<Arc<tributary_core::storage::Commits>> {
-        self.0.commits()
-    }
-    fn stats(&self) -> tributary_core::storage::StoreStats {
-        self.0.stats()
-    }
 }
 
 fn client(id: &str) -> ClientInfo {

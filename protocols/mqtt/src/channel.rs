@@ -26,8 +26,19 @@
 //! `now` the driver passes in; over the rate the channel either asks the
 //! driver to stop reading until [`Channel::read_paused_until`], or
 //! disconnects with 0x96.
+//!
+//! Durability (DESIGN.md §1): a PUBACK / PUBREC for a message that a durable
+//! store must keep (queued for a persistent session, retained), the PUBREC /
+//! PUBCOMP for incoming QoS 2 state, and the PUBREL for outgoing QoS 2
+//! state are held until the store's commit ticket resolves
+//! ([`Channel::held_ticket`], [`Channel::release_durable`]); the
+//! connection keeps serving other packets meanwhile. Acknowledgements after
+//! a held one queue behind it, so they leave in the order the client sent
+//! its packets [MQTT-4.6.0-2..4]. A failed write turns a held PUBACK /
+//! PUBREC into 0x97 (quota exceeded) for MQTT 5 and closes a 3.x connection
+//! (its client resends).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +49,7 @@ use tributary_core::auth::{
     Action, AuthCheck, AuthFuture, AuthOutcome, EnhancedAuth, EnhancedStart, EnhancedStep,
 };
 use tributary_core::session::IncomingQos2;
+use tributary_core::storage::{later, CommitTicket, Commits, TicketState};
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, Delivery, KickReason, Message,
     MessageProperties, Outgoing, Resend, SessionHandle, SessionRequest, SubOptions, Will,
@@ -249,7 +261,15 @@ pub struct Channel {
     byte_bucket: Bucket,
     /// Input is paused until then (rate exceeded, throttle mode).
     paused_until: Option<Instant>,
+    /// Acknowledgements waiting for their store commit, oldest first.
+    held: VecDeque<(CommitTicket, Packet)>,
+    /// The store's commit progress, when one is configured.
+    commits: Option<Arc<Commits>>,
 }
+
+/// Held acknowledgements past which the driver stops reading: a publisher
+/// outrunning the disk waits for it instead of piling up memory.
+pub const MAX_HELD_ACKS: usize = 4096;
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,7 +295,6 @@ impl Channel {
             Bucket::new(config.bytes_rate),
         );
         Channel {
-            broker,
             config,
             peer,
             version: ProtocolVersion::V3_1_1,
@@ -292,6 +311,9 @@ impl Channel {
             message_bucket,
             byte_bucket,
             paused_until: None,
+            held: VecDeque::new(),
+            commits: broker.persistence().commits(),
+            broker,
         }
     }
 
@@ -411,6 +433,80 @@ impl Channel {
         !self.output.is_empty()
     }
 
+    /// The store's commit progress, to wait on [`Channel::held_ticket`].
+    pub fn commits(&self) -> Option<&Arc<Commits>> {
+        self.commits.as_ref()
+    }
+
+    /// The commit ticket the oldest held acknowledgement waits for.
+    pub fn held_ticket(&self) -> Option<CommitTicket> {
+        self.held.front().map(|(t, _)| *t)
+    }
+
+    /// True when so many acknowledgements wait for the store that the
+    /// driver should stop reading.
+    pub fn holds_too_many(&self) -> bool {
+        self.held.len() >= MAX_HELD_ACKS
+    }
+
+    /// Release the held acknowledgements whose commits are done, in order.
+    pub fn release_durable(&mut self, _now: Instant) {
+        let Some(commits) = self.commits.clone() else {
+            return;
+        };
+        while let Some((ticket, _)) = self.held.front() {
+            let state = commits.state(*ticket);
+            if state == TicketState::Pending {
+                break;
+            }
+            let Some((_, packet)) = self.held.pop_front() else {
+                break;
+            };
+            self.send_ack(packet, state);
+            if self.is_closed() {
+                self.held.clear();
+                return;
+            }
+        }
+    }
+
+    /// Queue an acknowledgement that must not leave before `ticket` is
+    /// durable (nor before any acknowledgement already held).
+    fn push_ack(&mut self, packet: Packet, ticket: Option<CommitTicket>) {
+        let ticket = later(ticket, self.held.back().map(|(t, _)| *t));
+        let state = match (ticket, &self.commits) {
+            (Some(t), Some(c)) => c.state(t),
+            _ => TicketState::Durable,
+        };
+        match (state, ticket) {
+            (TicketState::Pending, Some(t)) => self.held.push_back((t, packet)),
+            _ => self.send_ack(packet, state),
+        }
+    }
+
+    fn send_ack(&mut self, mut packet: Packet, state: TicketState) {
+        if state == TicketState::Failed {
+            let m = self.broker.metrics();
+            m.inc(&m.store_refused);
+            match &mut packet {
+                Packet::PubAck(a) | Packet::PubRec(a)
+                    if self.version.is_v5() && a.reason < 0x80 =>
+                {
+                    // The message is not durable: tell the publisher (its
+                    // copy is what counts) [MQTT-3.4.2.1], [MQTT-3.5.2.1].
+                    a.reason = rc::QUOTA_EXCEEDED;
+                }
+                _ => {
+                    return self.violation(
+                        rc::UNSPECIFIED_ERROR,
+                        "store write failed; the client resends after reconnecting",
+                    );
+                }
+            }
+        }
+        self.output.push(packet);
+    }
+
     /// A packet from the client.
     pub fn handle_packet(&mut self, packet: Packet, now: Instant) {
         if self.is_closed() {
@@ -450,17 +546,16 @@ impl Channel {
             }
             (State::Connected(_), Packet::PubRec(rec)) => self.handle_pubrec(rec, now),
             (State::Connected(_), Packet::PubRel(rel)) => {
-                let known = self
-                    .handle
-                    .as_ref()
-                    .is_some_and(|h| h.release_incoming_qos2(rel.packet_id));
+                let (known, ticket) = match &self.handle {
+                    Some(h) => (h.release_incoming_qos2(rel.packet_id), h.take_ticket()),
+                    None => (false, None),
+                };
                 let reason = if known {
                     rc::SUCCESS
                 } else {
                     rc::PACKET_IDENTIFIER_NOT_FOUND
                 };
-                self.output
-                    .push(Packet::PubComp(ack(rel.packet_id, reason)));
+                self.push_ack(Packet::PubComp(ack(rel.packet_id, reason)), ticket);
             }
             (State::Connected(_), Packet::PubComp(comp)) => {
                 if let Some(h) = &self.handle {
@@ -1098,28 +1193,31 @@ impl Channel {
                 }
             }
             (QoS::AtLeastOnce, Some(id)) => {
+                let mut ticket = None;
                 let reason = if !allowed {
                     rc::NOT_AUTHORIZED
-                } else if self.broker.publish_with_backpressure(
+                } else if self.broker.publish_durable(
                     message,
                     now,
                     &mut self.backpressure,
+                    &mut ticket,
                 ) == 0
                 {
                     rc::NO_MATCHING_SUBSCRIBERS
                 } else {
                     rc::SUCCESS
                 };
-                self.output
-                    .push(Packet::PubAck(ack_with(id, reason, problem_information)));
+                self.push_ack(
+                    Packet::PubAck(ack_with(id, reason, problem_information)),
+                    ticket,
+                );
             }
             (QoS::ExactlyOnce, Some(id)) => {
                 if !allowed {
-                    self.output.push(Packet::PubRec(ack_with(
-                        id,
-                        rc::NOT_AUTHORIZED,
-                        problem_information,
-                    )));
+                    self.push_ack(
+                        Packet::PubRec(ack_with(id, rc::NOT_AUTHORIZED, problem_information)),
+                        None,
+                    );
                     return;
                 }
                 let limit = if v5 {
@@ -1129,22 +1227,26 @@ impl Channel {
                 };
                 match handle.begin_incoming_qos2(id, limit, now, self.config.await_rel_timeout) {
                     IncomingQos2::New => {
-                        let reason = if self.broker.publish_with_backpressure(
+                        let mut ticket = handle.take_ticket();
+                        let reason = if self.broker.publish_durable(
                             message,
                             now,
                             &mut self.backpressure,
+                            &mut ticket,
                         ) == 0
                         {
                             rc::NO_MATCHING_SUBSCRIBERS
                         } else {
                             rc::SUCCESS
                         };
-                        self.output
-                            .push(Packet::PubRec(ack_with(id, reason, problem_information)));
+                        self.push_ack(
+                            Packet::PubRec(ack_with(id, reason, problem_information)),
+                            ticket,
+                        );
                     }
                     // A resent PUBLISH: acknowledge again, never route twice [MQTT-4.3.3-10].
                     IncomingQos2::Duplicate => {
-                        self.output.push(Packet::PubRec(ack(id, rc::SUCCESS)))
+                        self.push_ack(Packet::PubRec(ack(id, rc::SUCCESS)), None)
                     }
                     IncomingQos2::Full if v5 => self.violation(
                         rc::RECEIVE_MAXIMUM_EXCEEDED,
@@ -1180,7 +1282,9 @@ impl Channel {
     }
 
     fn handle_pubrec(&mut self, rec: PubResponse, now: Instant) {
-        let Some(handle) = &self.handle else { return };
+        let Some(handle) = self.handle.clone() else {
+            return;
+        };
         let known = handle.received(rec.packet_id, rec.reason < 0x80);
         if rec.reason < 0x80 {
             let reason = if known {
@@ -1188,7 +1292,10 @@ impl Channel {
             } else {
                 rc::PACKET_IDENTIFIER_NOT_FOUND
             };
-            self.output.push(Packet::PubRel(ack(rec.packet_id, reason)));
+            // Released only once durable: a restart must not send the
+            // message again after its PUBREL.
+            let ticket = handle.take_ticket();
+            self.push_ack(Packet::PubRel(ack(rec.packet_id, reason)), ticket);
         }
         self.poll_deliveries(now);
     }
