@@ -1,0 +1,394 @@
+"""Durable storage across kill -9 (issue #4): the gateway is killed with
+SIGKILL in the middle of QoS 1 and QoS 2 traffic and restarted on the same
+data directory. Payloads carry sequence numbers; every message the broker
+acknowledged (PUBACK for QoS 1, the completed PUBREC/PUBCOMP flow for
+QoS 2) must be delivered after the restart, QoS 2 exactly once, and
+retained messages must survive.
+
+The broker runs with `durability = "fsync"` (the default) on a per-test
+temporary data directory. No test depends on timing: the kill happens once
+a number of acknowledgements has been seen, whatever the speed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+import rawmqtt
+from conftest import BIN, free_port
+
+WAIT = 20.0  # upper bound for anything that should happen "soon" on a loaded machine
+
+
+class DurableBroker:
+    """A `tributary` process on a fixed port and data directory that can be
+    SIGKILLed and started again on the same ones."""
+
+    def __init__(self, data_dir: str, durability: str = "fsync"):
+        self.data_dir = data_dir
+        self.durability = durability
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.logs: list[str] = []
+        self.start()
+
+    def start(self) -> None:
+        log = tempfile.NamedTemporaryFile(prefix="tributary-durable-", suffix=".log", delete=False)
+        self.logs.append(log.name)
+        env = dict(os.environ)
+        env.pop("RUST_LOG", None)
+        env.update({
+            "TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND": f"127.0.0.1:{self.port}",
+            "TRIBUTARY__MQTTSN__BIND": "127.0.0.1:0",
+            "TRIBUTARY__COAP__BIND": "127.0.0.1:0",
+            "TRIBUTARY__STOMP__BIND": "127.0.0.1:0",
+            "TRIBUTARY__STOMP__WS_BIND": "127.0.0.1:0",
+            "TRIBUTARY__LISTENERS__WS__DEFAULT__BIND": "127.0.0.1:0",
+            "TRIBUTARY__API__BIND": "127.0.0.1:0",
+            "TRIBUTARY__STORAGE__BACKEND": "fjall",
+            "TRIBUTARY__STORAGE__DATA_DIR": self.data_dir,
+            "TRIBUTARY__STORAGE__DURABILITY": self.durability,
+            # Room for every message of a test: the queue bound is not under test here.
+            "TRIBUTARY__MQTT__MAX_MQUEUE_LEN": "100000",
+            "TRIBUTARY__LOG__LEVEL": "info",
+            "NO_COLOR": "1",
+        })
+        self.proc = subprocess.Popen([str(BIN)], env=env, stdin=subprocess.DEVNULL,
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tributary exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.01)
+        raise RuntimeError(f"tributary did not listen on {self.port}:\n{self.output()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def restart(self) -> None:
+        self.kill9()
+        self.start()
+
+    def output(self) -> str:
+        return "\n".join(Path(p).read_text(errors="replace") for p in self.logs if Path(p).exists())
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for p in self.logs:
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def durable(request):
+    """Factory: durable(durability="fsync") -> DurableBroker on a fresh data directory."""
+    made: list[DurableBroker] = []
+    dirs: list[str] = []
+
+    def make(durability: str = "fsync") -> DurableBroker:
+        d = tempfile.mkdtemp(prefix="tributary-data-")
+        dirs.append(d)
+        b = DurableBroker(os.path.join(d, "data"), durability)
+        made.append(b)
+        return b
+
+    yield make
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for b in made:
+        if failed:
+            print(b.output()[-20000:])
+        b.cleanup()
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+# ---------------------------------------------------------------- clients
+
+
+class Subscriber:
+    """A paho subscriber with a persistent session that reconnects by itself
+    (keeping its own session state, as a real client does) and records every
+    payload it is handed, in order."""
+
+    def __init__(self, port: int, client_id: str, topic: str, qos: int):
+        self.got: list[bytes] = []
+        self.dups = 0
+        self.lock = threading.Lock()
+        self.connected = threading.Event()
+        self.session_present: list[bool] = []
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=False)
+        self.c.reconnect_delay_set(min_delay=1, max_delay=1)
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = lambda *a: self.connected.clear()
+        self.c.on_message = self._on_message
+        self.topic, self.qos = topic, qos
+        self.c.connect("127.0.0.1", port, keepalive=30)
+        self.c.loop_start()
+        assert self.connected.wait(WAIT), "subscriber did not connect"
+
+    def _on_connect(self, c, u, flags, rc, props):
+        self.session_present.append(bool(flags.session_present))
+        if not flags.session_present:
+            c.subscribe(self.topic, self.qos)
+        self.connected.set()
+
+    def _on_message(self, c, u, msg):
+        with self.lock:
+            self.got.append(bytes(msg.payload))
+            self.dups += int(msg.dup)
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.got)
+
+    def wait_for(self, wanted: set[bytes], timeout: float = WAIT) -> set[bytes]:
+        """Wait until every payload of `wanted` arrived; returns what is missing."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                missing = wanted - set(self.got)
+            if not missing:
+                return missing
+            time.sleep(0.05)
+        with self.lock:
+            return wanted - set(self.got)
+
+    def stop(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+class Publisher:
+    """Publishes seq-numbered payloads as fast as its inflight window lets it,
+    recording which ones the broker acknowledged (paho's on_publish: PUBACK
+    for QoS 1, PUBCOMP for QoS 2). Stops at the first disconnection: it
+    never resends, so each payload is published once."""
+
+    def __init__(self, port: int, client_id: str, topic: str, qos: int, count: int):
+        self.acked_mids: set[int] = set()
+        self.lock = threading.Lock()
+        self.mids: dict[int, bytes] = {}
+        self.stopped = threading.Event()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv311, clean_session=True,
+                             reconnect_on_failure=False)
+        self.c.max_inflight_messages_set(50)
+        self.c.max_queued_messages_set(0)
+        self.c.on_publish = self._on_publish
+        self.c.on_disconnect = lambda *a: self.stopped.set()
+        connected = threading.Event()
+        self.c.on_connect = lambda *a: connected.set()
+        self.c.connect("127.0.0.1", port, keepalive=30)
+        self.c.loop_start()
+        assert connected.wait(WAIT), "publisher did not connect"
+        self.topic, self.qos, self.count = topic, qos, count
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _on_publish(self, c, u, mid, rc, props):
+        # paho's network thread; never take a lock that is held around publish().
+        with self.lock:
+            self.acked_mids.add(mid)
+
+    def _run(self) -> None:
+        for seq in range(self.count):
+            if self.stopped.is_set():
+                return
+            payload = f"seq-{seq:06d}".encode()
+            info = self.c.publish(self.topic, payload, self.qos)
+            self.mids[info.mid] = payload
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                return
+
+    def acked_count(self) -> int:
+        with self.lock:
+            return len(self.acked_mids)
+
+    def wait_acked(self, n: int) -> None:
+        deadline = time.monotonic() + WAIT
+        while self.acked_count() < n:
+            assert time.monotonic() < deadline, f"only {self.acked_count()} acknowledged"
+            time.sleep(0.005)
+
+    def stop(self) -> set[bytes]:
+        """Stop; the payloads the broker acknowledged."""
+        self.stopped.set()
+        self.thread.join(WAIT)
+        self.c.loop_stop()
+        with self.lock:
+            return {self.mids[m] for m in self.acked_mids}
+
+
+def go_offline(port: int, client_id: str, topic: str, qos: int) -> None:
+    raw = rawmqtt.RawClient(port)
+    assert raw.connect(client_id=client_id, clean=False).rc == 0
+    assert raw.subscribe([(topic, qos)]) == [qos]
+    raw.disconnect()
+    raw.close()
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_kill9_offline_persistent_session_keeps_every_acknowledged_message(durable, qos):
+    b = durable()
+    topic = f"dur/offline/{qos}"
+    go_offline(b.port, "sub-off", topic, qos)
+    pub = Publisher(b.port, "pub-off", topic, qos, 5000)
+    pub.wait_acked(300)
+    b.kill9()  # mid-stream: the publisher is still sending
+    acked = pub.stop()
+    assert len(acked) >= 300
+    b.start()
+    sub = Subscriber(b.port, "sub-off", topic, qos)
+    assert sub.session_present == [True]
+    missing = sub.wait_for(acked)
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:5]}"
+    got = list(sub.got)
+    if qos == 2:
+        assert len(got) == len(set(got)), "a QoS 2 message was delivered twice"
+    # Per-publisher order is kept.
+    assert got == sorted(got)
+    sub.stop()
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+def test_kill9_connected_persistent_subscriber_gets_every_acknowledged_message(durable, qos):
+    b = durable()
+    topic = f"dur/online/{qos}"
+    sub = Subscriber(b.port, "sub-on", topic, qos)
+    pub = Publisher(b.port, "pub-on", topic, qos, 5000)
+    pub.wait_acked(300)
+    b.kill9()
+    acked = pub.stop()
+    before = sub.count()
+    b.start()
+    # The subscriber reconnects by itself (clean session = false).
+    missing = sub.wait_for(acked)
+    assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:5]}"
+    assert sub.session_present[0] is False and True in sub.session_present[1:]
+    got = list(sub.got)
+    if qos == 2:
+        dup = {p for p in got if got.count(p) > 1}
+        assert not dup, f"QoS 2 delivered twice: {sorted(dup)[:5]} (received {before} before the kill)"
+    sub.stop()
+
+
+def test_kill9_retained_messages_survive_with_their_properties(durable):
+    b = durable()
+    v5 = rawmqtt.RawClient(b.port, rawmqtt.V5)
+    assert v5.connect(client_id="ret-pub").rc == 0
+    v5.publish("dur/ret/a", b"kept", qos=1, retain=True, packet_id=1,
+               props=[(rawmqtt.CONTENT_TYPE, "text/plain")])
+    v5.expect(rawmqtt.PUBACK)
+    v5.publish("dur/ret/b", b"gone", qos=1, retain=True, packet_id=2)
+    v5.expect(rawmqtt.PUBACK)
+    v5.publish("dur/ret/b", b"", qos=1, retain=True, packet_id=3)  # cleared
+    v5.expect(rawmqtt.PUBACK)
+    b.restart()  # SIGKILL, same data directory
+    sub = rawmqtt.RawClient(b.port, rawmqtt.V5)
+    assert sub.connect(client_id="ret-sub").rc == 0
+    sub.subscribe([("dur/ret/#", 1)])
+    m = sub.expect_publish()
+    assert (m.topic, m.payload, m.retain) == (b"dur/ret/a", b"kept", True)
+    assert m.props.get(rawmqtt.CONTENT_TYPE) == "text/plain"
+    with pytest.raises(TimeoutError):
+        sub.read(timeout=0.5)
+
+
+def test_kill9_unacknowledged_delivery_is_resent_with_dup_and_same_packet_id(durable):
+    b = durable()
+    sub = rawmqtt.RawClient(b.port)
+    assert sub.connect(client_id="dup-sub", clean=False).rc == 0
+    sub.subscribe([("dur/dup", 1)])
+    pub = rawmqtt.RawClient(b.port)
+    assert pub.connect(client_id="dup-pub").rc == 0
+    pub.publish("dur/dup", b"first", qos=1, packet_id=1)
+    pub.expect(rawmqtt.PUBACK)
+    first = sub.expect_publish()  # never acknowledged
+    assert (first.payload, first.dup) == (b"first", False)
+    # This PUBACK waits for a commit made after `first` was recorded
+    # inflight: once it arrives, that state is on disk too.
+    pub.publish("dur/dup", b"second", qos=1, packet_id=2)
+    pub.expect(rawmqtt.PUBACK)
+    b.restart()
+    again = rawmqtt.RawClient(b.port)
+    assert again.connect(client_id="dup-sub", clean=False).session_present
+    resent = again.expect_publish()
+    assert (resent.payload, resent.dup, resent.packet_id) == (b"first", True, first.packet_id)
+    again.send(rawmqtt.ack(rawmqtt.PUBACK, resent.packet_id))
+    nxt = again.expect_publish()
+    assert nxt.payload == b"second"
+    again.send(rawmqtt.ack(rawmqtt.PUBACK, nxt.packet_id))
+
+
+def test_expired_messages_are_dropped_on_restore(durable):
+    b = durable()
+    sub = rawmqtt.RawClient(b.port, rawmqtt.V5)
+    assert sub.connect(client_id="exp-sub", clean=False, props=[(rawmqtt.SESSION_EXPIRY, 600)]).rc == 0
+    sub.subscribe([("dur/exp", 1)])
+    sub.disconnect()
+    sub.close()
+    pub = rawmqtt.RawClient(b.port, rawmqtt.V5)
+    assert pub.connect(client_id="exp-pub").rc == 0
+    pub.publish("dur/exp", b"short", qos=1, packet_id=1, props=[(rawmqtt.MESSAGE_EXPIRY, 1)])
+    pub.expect(rawmqtt.PUBACK)
+    pub.publish("dur/exp", b"long", qos=1, packet_id=2, props=[(rawmqtt.MESSAGE_EXPIRY, 600)])
+    pub.expect(rawmqtt.PUBACK)
+    b.kill9()
+    time.sleep(1.5)  # let the 1 s expiry pass while the broker is down
+    b.start()
+    again = rawmqtt.RawClient(b.port, rawmqtt.V5)
+    assert again.connect(client_id="exp-sub", clean=False, props=[(rawmqtt.SESSION_EXPIRY, 600)]).session_present
+    m = again.expect_publish()
+    assert m.payload == b"long"
+    again.send(rawmqtt.ack(rawmqtt.PUBACK, m.packet_id))
+    with pytest.raises(TimeoutError):
+        again.read(timeout=0.5)
+
+
+def test_corrupt_store_fails_startup_with_a_clear_message(durable):
+    b = durable()
+    b.kill9()
+    # The engine's format marker replaced by garbage.
+    Path(b.data_dir, "version").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError) as err:
+        b.start()
+    text = str(err.value)
+    assert "storage" in text and b.data_dir in text, text
