@@ -26,6 +26,8 @@
 //!   from the specifications (MQTT-SN 1.2, RFC 7252).
 //! - [`conns`]: the connection-scale scenario (idle connections with
 //!   keep-alive from several 127.0.0.x source addresses).
+//! - [`store_eval`]: the embedded-engine evaluation (ADR 0015): the
+//!   broker's storage write pattern against fjall and redb, no broker.
 //! - [`report`]: the result record (one JSON line) and the human table.
 //! - [`summary`]: medians, min–max and ratios over a JSON-lines file, for
 //!   `compare.sh`.
@@ -41,6 +43,7 @@ pub mod payload;
 pub mod procstat;
 pub mod report;
 pub mod seqcheck;
+pub mod store_eval;
 pub mod summary;
 pub mod traffic;
 pub mod wire;

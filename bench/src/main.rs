@@ -135,6 +135,32 @@ enum Command {
         #[command(flatten)]
         gateway: Gateway,
     },
+    /// The embedded-store evaluation of ADR 0015: the broker's storage write
+    /// pattern (queue appends, deletes on ack, group commits, restore)
+    /// against each engine, no broker. Prints a Markdown table.
+    StoreEval {
+        /// Engines, comma-separated: fjall, redb.
+        #[arg(long, default_value = "fjall,redb", value_delimiter = ',')]
+        engines: Vec<String>,
+        /// Scratch directory (each engine gets a fresh store under it).
+        #[arg(long, default_value = "target/store-eval")]
+        dir: PathBuf,
+        /// Persistent sessions the records are spread over.
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        /// Records per phase.
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+        /// Records per group commit.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Payload bytes.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Sync per commit: fsync, os (written to the OS), none.
+        #[arg(long, default_value = "fsync")]
+        sync: String,
+    },
     /// Medians, min–max and ratios over a JSON-lines file of results.
     Summarize {
         /// The JSON-lines file.
@@ -299,6 +325,10 @@ struct Common {
     /// Loopback source addresses to spread connections over.
     #[arg(long, default_value_t = 1)]
     sources: usize,
+    /// Persistent sessions (clean start = false): what a durable broker
+    /// must store before acknowledging QoS 1/2 publishes.
+    #[arg(long)]
+    persistent: bool,
 }
 
 impl Common {
@@ -316,6 +346,7 @@ impl Common {
         o.keep_alive = self.keep_alive;
         o.drain_timeout = self.drain_timeout;
         o.sources = self.sources;
+        o.persistent = self.persistent;
         o.broker_pid = t.broker_pid;
         o.label = t.label.clone();
         o.name = t.name.clone();
@@ -338,6 +369,26 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         };
+    }
+    if let Command::StoreEval {
+        engines,
+        dir,
+        sessions,
+        records,
+        batch,
+        payload,
+        sync,
+    } = &cli.command
+    {
+        return store_eval(
+            engines,
+            dir,
+            *sessions,
+            *records,
+            *batch,
+            *payload,
+            sync,
+        );
     }
     if let Command::MqttsnIn {
         print_predefined: true,
@@ -373,6 +424,50 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn store_eval(
+    engines: &[String],
+    dir: &std::path::Path,
+    sessions: usize,
+    records: usize,
+    batch: usize,
+    payload: usize,
+    sync: &str,
+) -> ExitCode {
+    use tributary_bench::store_eval::{run_engine, table, EvalOptions};
+    use tributary_storage::backend::SyncMode;
+    let sync = match sync {
+        "fsync" => SyncMode::Fsync,
+        "os" => SyncMode::Os,
+        "none" => SyncMode::None,
+        other => {
+            eprintln!("tributary-bench: --sync {other:?}: expected fsync, os or none");
+            return ExitCode::from(2);
+        }
+    };
+    let o = EvalOptions {
+        engines: engines.to_vec(),
+        dir: dir.to_path_buf(),
+        sessions: sessions.max(1),
+        records,
+        batch: batch.max(1),
+        payload,
+        sync,
+    };
+    let mut results = Vec::new();
+    for engine in &o.engines {
+        eprintln!("store-eval: {engine}…");
+        match run_engine(engine, &o) {
+            Ok(r) => results.push(r),
+            Err(e) => {
+                eprintln!("tributary-bench: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    print!("{}", table(&results, &o));
+    ExitCode::SUCCESS
 }
 
 async fn run(command: Command) -> anyhow::Result<BenchResult> {
@@ -455,6 +550,8 @@ async fn run(command: Command) -> anyhow::Result<BenchResult> {
             };
             run_ingress(&gateway.options(ingress, 5683, publishers, subscribers)?).await
         }
-        Command::Summarize { .. } => anyhow::bail!("summarize runs without a runtime"),
+        Command::Summarize { .. } | Command::StoreEval { .. } => {
+            anyhow::bail!("runs without a runtime")
+        }
     }
 }

@@ -192,6 +192,9 @@ pub struct TrafficOptions {
     pub name: Option<String>,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// Connect with clean start = false: persistent sessions, which a
+    /// durable broker writes to its store (`--persistent`).
+    pub persistent: bool,
 }
 
 impl TrafficOptions {
@@ -215,6 +218,7 @@ impl TrafficOptions {
             label: String::from("broker"),
             name: None,
             progress: true,
+            persistent: false,
         }
     }
 

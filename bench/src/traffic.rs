@@ -624,9 +624,10 @@ pub(crate) async fn open_all(
         let target: SocketAddr = opts.target;
         let source = source_address(target, i, opts.sources);
         let keep_alive = opts.keep_alive;
+        let clean = !opts.persistent;
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let conn = wire::open(target, source, version, &id, keep_alive, SETUP_TIMEOUT)
+            let conn = wire::open_with(target, source, version, &id, keep_alive, SETUP_TIMEOUT, clean)
                 .await
                 .with_context(|| format!("connection {id}"));
             (i, conn)

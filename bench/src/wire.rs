@@ -58,6 +58,20 @@ pub async fn open(
     keep_alive: u16,
     timeout: Duration,
 ) -> anyhow::Result<Conn> {
+    open_with(target, source, version, client_id, keep_alive, timeout, true).await
+}
+
+/// [`open`], choosing clean start: `false` asks for a persistent session
+/// (MQTT 5: session expiry of one hour).
+pub async fn open_with(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    version: ProtocolVersion,
+    client_id: &str,
+    keep_alive: u16,
+    timeout: Duration,
+    clean_start: bool,
+) -> anyhow::Result<Conn> {
     if !crate::options::is_allowed_target(target.ip()) {
         bail!("refusing non-loopback target {target}");
     }
@@ -85,13 +99,16 @@ pub async fn open(
     };
     let connect = Packet::Connect(Box::new(Connect {
         protocol: version,
-        clean_start: true,
+        clean_start,
         keep_alive,
         client_id: client_id.to_owned(),
         will: None,
         username: None,
         password: None,
-        properties: Properties::default(),
+        properties: Properties {
+            session_expiry_interval: (!clean_start).then_some(3600),
+            ..Properties::default()
+        },
     }));
     conn.send(&connect).await?;
     let reply = tokio::time::timeout(timeout, conn.read())

@@ -82,6 +82,10 @@ impl FjallBackend {
         let db = fjall::Database::builder(path)
             // Journal persistence is ours to decide, batch by batch.
             .manual_journal_persist(true)
+            // Journals are reclaimed once their memtables are flushed: past
+            // this (the engine's minimum) the oldest memtables are flushed,
+            // which bounds the disk a churning queue leaves behind.
+            .max_journaling_size(64 * 1024 * 1024)
             .worker_threads(1)
             .open()
             .map_err(|e| eng(path, e))?;
