@@ -22,10 +22,11 @@
 //! - `none`: no ticket at all, acknowledgements never wait; a crash of the
 //!   process loses what the engine had not yet written out.
 //!
-//! The open batch is not bounded by count: its size is bounded by what
-//! connections can have unacknowledged (inflight windows and receive
-//! maximums, held acknowledgements stop publishers) and by the mailbox
-//! bounds; `max_batch_ops` only splits very large batches.
+//! The open batch is bounded by what connections may have unacknowledged:
+//! with `fsync` and `batched` every stored message holds its publisher's
+//! acknowledgement (and a connection stops reading past 4096 held ones);
+//! with `none`, past 65 536 ops in the open batch submitters get tickets
+//! again, so a writer that falls behind paces the publishers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -223,17 +224,21 @@ impl Persistence for DurableStore {
     }
 
     fn submit(&self, op: StoreOp) -> Option<CommitTicket> {
-        let (number, first) = {
+        let (number, open_len) = {
             let mut open = self.shared.open.lock();
             open.ops.push(op);
-            (open.number, open.ops.len() == 1)
+            (open.number, open.ops.len())
         };
+        let first = open_len == 1;
         if first {
             self.shared.wake.notify_one();
         }
         match self.shared.options.durability {
-            Durability::None => None,
-            Durability::Fsync | Durability::Batched => Some(CommitTicket(number)),
+            // Nothing waits... unless the writer falls this far behind:
+            // then acknowledgements wait too, which paces the publishers and
+            // bounds the open batch.
+            Durability::None if open_len < MAX_UNWAITED_OPS => None,
+            _ => Some(CommitTicket(number)),
         }
     }
 
@@ -254,6 +259,10 @@ impl Persistence for DurableStore {
         }
     }
 }
+
+/// `durability = "none"`: ops in the open batch past which submitters get
+/// a ticket anyway (the bound of the open batch in that mode).
+const MAX_UNWAITED_OPS: usize = 65_536;
 
 /// How often the writer refreshes the disk usage figure.
 const STATS_EVERY: Duration = Duration::from_secs(1);

@@ -263,3 +263,71 @@ fn an_unreadable_store_directory_fails_the_open() {
     std::fs::create_dir_all(dir.0.join("journals")).expect("mkdir");
     assert!(open_fjall(&dir.0, StoreOptions::default()).is_err());
 }
+
+/// An engine that accepts its first `ok` batches, then fails every write as
+/// a full disk would.
+struct FullDisk {
+    path: PathBuf,
+    ok: usize,
+}
+
+impl Backend for FullDisk {
+    fn apply(
+        &mut self,
+        _ops: &[tributary_storage::KvOp],
+        _sync: tributary_storage::SyncMode,
+    ) -> Result<(), tributary_storage::BackendError> {
+        if self.ok == 0 {
+            return Err(tributary_storage::BackendError::Engine {
+                path: self.path.clone(),
+                message: "No space left on device (os error 28)".into(),
+            });
+        }
+        self.ok -= 1;
+        Ok(())
+    }
+    fn sync(&mut self) -> Result<(), tributary_storage::BackendError> {
+        Ok(())
+    }
+    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, tributary_storage::BackendError> {
+        Ok(Vec::new())
+    }
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
+    fn compact(&mut self) -> Result<(), tributary_storage::BackendError> {
+        Ok(())
+    }
+    fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_tickets_and_the_broker_keeps_running() {
+    let now = Instant::now();
+    let backend = FullDisk {
+        path: PathBuf::from("full"),
+        ok: 1, // the format marker written at open
+    };
+    let (store, restored) =
+        DurableStore::open(Box::new(backend), StoreOptions::default()).expect("opens");
+    let b = broker(store.clone(), restored, now);
+    let o = b.open_session(request("sub", true, 3600), now);
+    b.subscribe(&o.handle, "t", SubOptions::at(QoS::AtLeastOnce), now)
+        .expect("subscribes");
+    let mut ticket = None;
+    let queued = b.publish_durable(msg("t", "x", QoS::AtLeastOnce, false), now, &mut Vec::new(), &mut ticket);
+    assert_eq!(queued, 1, "routing does not depend on the disk");
+    let (Some(commits), Some(t)) = (store.commits(), ticket) else {
+        panic!("a persistent delivery is ticketed");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    assert_eq!(rt.block_on(commits.wait(t)), TicketState::Failed);
+    assert!(store.stats().failures >= 1);
+    // The session is still served from memory.
+    assert_eq!(o.handle.take_for_send(now, 10, 10, b.metrics(), |_| true).len(), 1);
+}
