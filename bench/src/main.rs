@@ -380,15 +380,7 @@ fn main() -> ExitCode {
         sync,
     } = &cli.command
     {
-        return store_eval(
-            engines,
-            dir,
-            *sessions,
-            *records,
-            *batch,
-            *payload,
-            sync,
-        );
+        return store_eval(engines, dir, *sessions, *records, *batch, *payload, sync);
     }
     if let Command::MqttsnIn {
         print_predefined: true,

@@ -209,8 +209,11 @@ pub fn table(results: &[EvalResult], o: &EvalOptions) -> String {
     for r in results {
         let get = |name: &str| r.phases.iter().find(|p| p.0 == name).copied();
         let rate_of = |name: &str| get(name).map_or("-".to_string(), |p| format!("{:.0}", p.1));
-        let disk_of =
-            |name: &str| get(name).map_or("-".to_string(), |p| format!("{:.1} MiB", p.2 as f64 / 1048576.0));
+        let disk_of = |name: &str| {
+            get(name).map_or("-".to_string(), |p| {
+                format!("{:.1} MiB", p.2 as f64 / 1048576.0)
+            })
+        };
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.engine,

@@ -627,9 +627,17 @@ pub(crate) async fn open_all(
         let clean = !opts.persistent;
         set.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let conn = wire::open_with(target, source, version, &id, keep_alive, SETUP_TIMEOUT, clean)
-                .await
-                .with_context(|| format!("connection {id}"));
+            let conn = wire::open_with(
+                target,
+                source,
+                version,
+                &id,
+                keep_alive,
+                SETUP_TIMEOUT,
+                clean,
+            )
+            .await
+            .with_context(|| format!("connection {id}"));
             (i, conn)
         });
     }

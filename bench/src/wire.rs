@@ -58,7 +58,10 @@ pub async fn open(
     keep_alive: u16,
     timeout: Duration,
 ) -> anyhow::Result<Conn> {
-    open_with(target, source, version, client_id, keep_alive, timeout, true).await
+    open_with(
+        target, source, version, client_id, keep_alive, timeout, true,
+    )
+    .await
 }
 
 /// [`open`], choosing clean start: `false` asks for a persistent session

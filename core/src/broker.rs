@@ -26,9 +26,7 @@ use crate::session::{
     resend_list, ClientInfo, ConnectionSignal, KickReason, Overflow, Pending, QueueLimits, Queued,
     Resend, Session, SessionHandle, SubOptions, Will,
 };
-use crate::storage::{
-    later, CommitTicket, MemoryPersistence, Persistence, Restored, StoreOp,
-};
+use crate::storage::{later, CommitTicket, MemoryPersistence, Persistence, Restored, StoreOp};
 use crate::topic::{parse_filter, TopicError};
 use crate::trie::Trie;
 
@@ -1051,12 +1049,7 @@ impl Broker {
                     st.subscriptions.insert(raw, options);
                 }
             }
-            if self
-                .sessions
-                .lock()
-                .insert(client_id, session)
-                .is_none()
-            {
+            if self.sessions.lock().insert(client_id, session).is_none() {
                 self.metrics.inc(&self.metrics.sessions);
             }
             counts.0 += 1;

@@ -448,7 +448,7 @@ impl Session {
     pub(crate) fn save(&self, st: &mut SessionState, now: Instant) {
         if st.store.is_some() {
             let record = self.record(st, now);
-            st.emit(StoreOp::SessionPut(record));
+            st.emit(StoreOp::SessionPut(Box::new(record)));
         }
     }
 

@@ -129,8 +129,9 @@ pub struct SessionRecord {
 /// One change for the durable store.
 #[derive(Debug, Clone)]
 pub enum StoreOp {
-    /// Create or replace a persistent session's record.
-    SessionPut(SessionRecord),
+    /// Create or replace a persistent session's record (boxed: it is the
+    /// rare, large variant).
+    SessionPut(Box<SessionRecord>),
     /// Remove a session with its messages and incoming QoS 2 ids.
     SessionDelete(ClientId),
     /// A QoS 1/2 delivery queued for a persistent session, under its

@@ -8,6 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
+/// Every key and value of a store, in key order.
+pub type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One key-value change in a batch.
 #[derive(Debug, Clone)]
 pub enum KvOp {
@@ -50,7 +53,7 @@ pub trait Backend: Send + 'static {
     /// Make everything applied so far durable.
     fn sync(&mut self) -> Result<(), BackendError>;
     /// Every key and value, in key order.
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError>;
+    fn scan(&self) -> Result<Records, BackendError>;
     /// Bytes the store occupies on disk.
     fn disk_bytes(&self) -> u64;
     /// Reclaim space held by deleted records now (engines also do it in
@@ -138,7 +141,7 @@ impl Backend for FjallBackend {
             .map_err(|e| eng(&self.path, e))
     }
 
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn scan(&self) -> Result<Records, BackendError> {
         let mut out = Vec::new();
         for guard in self.ks.iter() {
             let (k, v) = guard.into_inner().map_err(|e| eng(&self.path, e))?;
@@ -152,7 +155,9 @@ impl Backend for FjallBackend {
     }
 
     fn compact(&mut self) -> Result<(), BackendError> {
-        self.ks.rotate_memtable_and_wait().map_err(|e| eng(&self.path, e))?;
+        self.ks
+            .rotate_memtable_and_wait()
+            .map_err(|e| eng(&self.path, e))?;
         self.ks.major_compact().map_err(|e| eng(&self.path, e))
     }
 
@@ -211,7 +216,9 @@ impl Backend for RedbBackend {
             for op in ops {
                 match op {
                     KvOp::Put(k, v) => {
-                        table.insert(k.as_slice(), v.as_slice()).map_err(|e| eng(&self.path, e))?;
+                        table
+                            .insert(k.as_slice(), v.as_slice())
+                            .map_err(|e| eng(&self.path, e))?;
                     }
                     KvOp::Delete(k) => {
                         table.remove(k.as_slice()).map_err(|e| eng(&self.path, e))?;
@@ -230,7 +237,7 @@ impl Backend for RedbBackend {
         tx.commit().map_err(|e| eng(&self.path, e))
     }
 
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn scan(&self) -> Result<Records, BackendError> {
         use redb::{ReadableDatabase, ReadableTable};
         let tx = self.db.begin_read().map_err(|e| eng(&self.path, e))?;
         let table = tx.open_table(TABLE).map_err(|e| eng(&self.path, e))?;

@@ -17,7 +17,7 @@ pub mod codec;
 pub mod store;
 
 pub use backend::{Backend, BackendError, FjallBackend, KvOp, SyncMode};
-pub use store::{DurableStore, Durability, SharedStore, StoreError, StoreOptions};
+pub use store::{Durability, DurableStore, SharedStore, StoreError, StoreOptions};
 
 use std::path::Path;
 use std::sync::Arc;

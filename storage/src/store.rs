@@ -156,7 +156,10 @@ impl DurableStore {
         let records = backend.scan()?;
         let (restored, max_seq, orphans) = decode_all(&path, records, clock)?;
         let mut init = orphans.into_iter().map(KvOp::Delete).collect::<Vec<_>>();
-        init.push(KvOp::Put(codec::VERSION_KEY.to_vec(), codec::FORMAT.to_vec()));
+        init.push(KvOp::Put(
+            codec::VERSION_KEY.to_vec(),
+            codec::FORMAT.to_vec(),
+        ));
         backend.apply(&init, SyncMode::Fsync)?;
         info!(
             path = %path.display(),
@@ -407,7 +410,12 @@ pub fn fold(ops: Vec<StoreOp>, clock: Clock) -> Vec<KvOp> {
                 delivery,
             } => {
                 let k = codec::seq_key(b'M', &client_id, seq);
-                put(&mut slots, k, codec::encode_delivery(&delivery, clock), true);
+                put(
+                    &mut slots,
+                    k,
+                    codec::encode_delivery(&delivery, clock),
+                    true,
+                );
             }
             StoreOp::InflightPut {
                 client_id,

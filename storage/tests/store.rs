@@ -12,7 +12,9 @@ use tributary_core::storage::{Persistence, Restored, TicketState};
 use tributary_core::{
     Broker, BrokerConfig, ClientInfo, CloseKind, Message, QoS, SessionRequest, SubOptions,
 };
-use tributary_storage::{open_fjall, Backend, DurableStore, FjallBackend, SharedStore, StoreOptions};
+use tributary_storage::{
+    open_fjall, Backend, DurableStore, FjallBackend, SharedStore, StoreOptions,
+};
 
 struct TempDir(PathBuf);
 
@@ -92,7 +94,13 @@ fn offline_session_queue_and_retained_survive_a_reopen() {
         let opened = b.open_session(request("sub", true, 3600), now);
         b.subscribe(&opened.handle, "t/#", SubOptions::at(QoS::ExactlyOnce), now)
             .expect("subscribes");
-        b.close_session(&opened.handle, CloseKind::Normal { publish_will: false }, now);
+        b.close_session(
+            &opened.handle,
+            CloseKind::Normal {
+                publish_will: false,
+            },
+            now,
+        );
         // A clean session never reaches the store.
         let clean = b.open_session(request("clean", true, 0), now);
         b.subscribe(&clean.handle, "t/#", SubOptions::at(QoS::AtLeastOnce), now)
@@ -101,15 +109,37 @@ fn offline_session_queue_and_retained_survive_a_reopen() {
         for i in 0..10 {
             let mut congested = Vec::new();
             let mut ticket = None;
-            let qos = if i % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
-            b.publish_durable(msg("t/a", &format!("m{i}"), qos, false), now, &mut congested, &mut ticket);
-            assert!(ticket.is_some(), "queued for a persistent session: ticketed");
+            let qos = if i % 2 == 0 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::ExactlyOnce
+            };
+            b.publish_durable(
+                msg("t/a", &format!("m{i}"), qos, false),
+                now,
+                &mut congested,
+                &mut ticket,
+            );
+            assert!(
+                ticket.is_some(),
+                "queued for a persistent session: ticketed"
+            );
             last = ticket;
         }
         let mut ticket = None;
-        b.publish_durable(msg("t/r", "kept", QoS::AtMostOnce, true), now, &mut Vec::new(), &mut ticket);
+        b.publish_durable(
+            msg("t/r", "kept", QoS::AtMostOnce, true),
+            now,
+            &mut Vec::new(),
+            &mut ticket,
+        );
         let mut ticket0 = None;
-        b.publish_durable(msg("t/q0", "zero", QoS::AtMostOnce, false), now, &mut Vec::new(), &mut ticket0);
+        b.publish_durable(
+            msg("t/q0", "zero", QoS::AtMostOnce, false),
+            now,
+            &mut Vec::new(),
+            &mut ticket0,
+        );
         wait_durable(&store, tributary_core::storage::later(last, ticket));
         store.close();
     }
@@ -120,17 +150,26 @@ fn offline_session_queue_and_retained_survive_a_reopen() {
     assert_eq!(s.record.subscriptions.len(), 1);
     // QoS 0 deliveries were queued in memory only; the retained QoS 0
     // message itself is kept.
-    let payloads: Vec<_> = s.messages.iter().map(|m| m.delivery.message.payload.clone()).collect();
+    let payloads: Vec<_> = s
+        .messages
+        .iter()
+        .map(|m| m.delivery.message.payload.clone())
+        .collect();
     let expected: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("m{i}"))).collect();
     assert_eq!(payloads, expected);
     assert_eq!(restored.retained.len(), 1);
     let b = broker(store, restored, now);
     let opened = b.open_session(request("sub", false, 3600), now);
     assert!(opened.session_present);
-    let out = opened.handle.take_for_send(now, 100, 100, b.metrics(), |_| true);
+    let out = opened
+        .handle
+        .take_for_send(now, 100, 100, b.metrics(), |_| true);
     assert_eq!(out.len(), 10);
     // Subscriptions are active again.
-    assert_eq!(b.publish(msg("t/b", "after", QoS::AtLeastOnce, false), now), 1);
+    assert_eq!(
+        b.publish(msg("t/b", "after", QoS::AtLeastOnce, false), now),
+        1
+    );
 }
 
 #[test]
@@ -145,7 +184,9 @@ fn inflight_state_is_restored_for_resend_with_dup() {
             .expect("subscribes");
         b.publish(msg("t", "one", QoS::ExactlyOnce, false), now);
         b.publish(msg("t", "two", QoS::ExactlyOnce, false), now);
-        let out = opened.handle.take_for_send(now, 10, 10, b.metrics(), |_| true);
+        let out = opened
+            .handle
+            .take_for_send(now, 10, 10, b.metrics(), |_| true);
         assert_eq!(out.len(), 2);
         let first = out[0].packet_id.expect("qos 2 has an id");
         assert!(opened.handle.received(first, true), "PUBREC → PUBREL");
@@ -159,7 +200,10 @@ fn inflight_state_is_restored_for_resend_with_dup() {
     let opened = b.open_session(request("sub", false, 3600), now);
     assert!(opened.session_present);
     assert_eq!(opened.resend.len(), 2);
-    assert!(matches!(opened.resend[0], tributary_core::Resend::PubRel(_)));
+    assert!(matches!(
+        opened.resend[0],
+        tributary_core::Resend::PubRel(_)
+    ));
     match &opened.resend[1] {
         tributary_core::Resend::Publish(o) => {
             assert!(o.dup);
@@ -186,7 +230,12 @@ fn expired_sessions_and_messages_are_dropped_on_restore() {
         m.expires_at = Some(now + Duration::from_secs(1));
         let mut ticket = None;
         b.publish_durable(m, now, &mut Vec::new(), &mut ticket);
-        b.publish_durable(msg("t", "stays", QoS::AtLeastOnce, false), now, &mut Vec::new(), &mut ticket);
+        b.publish_durable(
+            msg("t", "stays", QoS::AtLeastOnce, false),
+            now,
+            &mut Vec::new(),
+            &mut ticket,
+        );
         wait_durable(&store, ticket);
         store.close();
     }
@@ -195,8 +244,13 @@ fn expired_sessions_and_messages_are_dropped_on_restore() {
     let b = broker(store, restored, Instant::now());
     assert_eq!(b.session_count(), 1, "the expired session is gone");
     let o = b.open_session(request("long", false, 3600), Instant::now());
-    let out = o.handle.take_for_send(Instant::now(), 10, 10, b.metrics(), |_| true);
-    let payloads: Vec<_> = out.iter().map(|o| o.delivery.message.payload.clone()).collect();
+    let out = o
+        .handle
+        .take_for_send(Instant::now(), 10, 10, b.metrics(), |_| true);
+    let payloads: Vec<_> = out
+        .iter()
+        .map(|o| o.delivery.message.payload.clone())
+        .collect();
     assert_eq!(payloads, vec![Bytes::from("stays")]);
 }
 
@@ -213,11 +267,22 @@ fn acknowledged_messages_are_deleted_and_compaction_reclaims_space() {
     for round in 0..20 {
         let mut ticket = None;
         for _ in 0..100 {
-            b.publish_durable(msg("t", &payload, QoS::AtLeastOnce, false), now, &mut Vec::new(), &mut ticket);
+            b.publish_durable(
+                msg("t", &payload, QoS::AtLeastOnce, false),
+                now,
+                &mut Vec::new(),
+                &mut ticket,
+            );
         }
         wait_durable(&store, ticket);
-        for out in o.handle.take_for_send(now, 1000, 1000, b.metrics(), |_| true) {
-            assert!(o.handle.acknowledge(out.packet_id.expect("id")), "round {round}");
+        for out in o
+            .handle
+            .take_for_send(now, 1000, 1000, b.metrics(), |_| true)
+        {
+            assert!(
+                o.handle.acknowledge(out.packet_id.expect("id")),
+                "round {round}"
+            );
         }
     }
     let t = o.handle.take_ticket();
@@ -242,7 +307,10 @@ fn a_corrupt_record_fails_the_open_with_its_key() {
         let mut backend = FjallBackend::open(&dir.0).expect("opens");
         backend
             .apply(
-                &[tributary_storage::KvOp::Put(b"Sbroken".to_vec(), b"\x00\x01".to_vec())],
+                &[tributary_storage::KvOp::Put(
+                    b"Sbroken".to_vec(),
+                    b"\x00\x01".to_vec(),
+                )],
                 tributary_storage::SyncMode::Fsync,
             )
             .expect("writes");
@@ -289,7 +357,7 @@ impl Backend for FullDisk {
     fn sync(&mut self) -> Result<(), tributary_storage::BackendError> {
         Ok(())
     }
-    fn scan(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, tributary_storage::BackendError> {
+    fn scan(&self) -> Result<tributary_storage::backend::Records, tributary_storage::BackendError> {
         Ok(Vec::new())
     }
     fn disk_bytes(&self) -> u64 {
@@ -317,7 +385,12 @@ fn a_full_disk_fails_the_tickets_and_the_broker_keeps_running() {
     b.subscribe(&o.handle, "t", SubOptions::at(QoS::AtLeastOnce), now)
         .expect("subscribes");
     let mut ticket = None;
-    let queued = b.publish_durable(msg("t", "x", QoS::AtLeastOnce, false), now, &mut Vec::new(), &mut ticket);
+    let queued = b.publish_durable(
+        msg("t", "x", QoS::AtLeastOnce, false),
+        now,
+        &mut Vec::new(),
+        &mut ticket,
+    );
     assert_eq!(queued, 1, "routing does not depend on the disk");
     let (Some(commits), Some(t)) = (store.commits(), ticket) else {
         panic!("a persistent delivery is ticketed");
@@ -329,5 +402,10 @@ fn a_full_disk_fails_the_tickets_and_the_broker_keeps_running() {
     assert_eq!(rt.block_on(commits.wait(t)), TicketState::Failed);
     assert!(store.stats().failures >= 1);
     // The session is still served from memory.
-    assert_eq!(o.handle.take_for_send(now, 10, 10, b.metrics(), |_| true).len(), 1);
+    assert_eq!(
+        o.handle
+            .take_for_send(now, 10, 10, b.metrics(), |_| true)
+            .len(),
+        1
+    );
 }

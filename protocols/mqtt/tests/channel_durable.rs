@@ -93,7 +93,10 @@ fn puback_waits_for_the_commit_and_later_acks_queue_behind_it() {
             (a.packet_id, a.reason)
         })
         .collect();
-    assert_eq!(acks, vec![(1, rc::SUCCESS), (2, rc::NO_MATCHING_SUBSCRIBERS)]);
+    assert_eq!(
+        acks,
+        vec![(1, rc::SUCCESS), (2, rc::NO_MATCHING_SUBSCRIBERS)]
+    );
     assert_eq!(h.channel(publ).held_ticket(), None);
 }
 
@@ -125,5 +128,8 @@ fn a_failed_commit_closes_a_v3_publisher() {
     let now = h.now();
     h.channel_mut(publ).release_durable(now);
     h.flush(publ);
-    assert!(h.channel(publ).is_closed(), "3.x has no negative PUBACK: the client resends");
+    assert!(
+        h.channel(publ).is_closed(),
+        "3.x has no negative PUBACK: the client resends"
+    );
 }
