@@ -36,9 +36,10 @@ class DurableBroker:
     """A `tributary` process on a fixed port and data directory that can be
     SIGKILLed and started again on the same ones."""
 
-    def __init__(self, data_dir: str, durability: str = "fsync"):
+    def __init__(self, data_dir: str, durability: str = "fsync", batch_window: str = "0s"):
         self.data_dir = data_dir
         self.durability = durability
+        self.batch_window = batch_window
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.logs: list[str] = []
@@ -60,6 +61,7 @@ class DurableBroker:
             "TRIBUTARY__STORAGE__BACKEND": "fjall",
             "TRIBUTARY__STORAGE__DATA_DIR": self.data_dir,
             "TRIBUTARY__STORAGE__DURABILITY": self.durability,
+            "TRIBUTARY__STORAGE__BATCH_WINDOW": self.batch_window,
             # Room for every message of a test: the queue bound is not under test here.
             "TRIBUTARY__MQTT__MAX_MQUEUE_LEN": "100000",
             "TRIBUTARY__LOG__LEVEL": "info",
@@ -108,14 +110,15 @@ class DurableBroker:
 
 @pytest.fixture
 def durable(request):
-    """Factory: durable(durability="fsync") -> DurableBroker on a fresh data directory."""
+    """Factory: durable(durability="fsync", batch_window="0s") -> DurableBroker on a
+    fresh data directory."""
     made: list[DurableBroker] = []
     dirs: list[str] = []
 
-    def make(durability: str = "fsync") -> DurableBroker:
+    def make(durability: str = "fsync", batch_window: str = "0s") -> DurableBroker:
         d = tempfile.mkdtemp(prefix="tributary-data-")
         dirs.append(d)
-        b = DurableBroker(os.path.join(d, "data"), durability)
+        b = DurableBroker(os.path.join(d, "data"), durability, batch_window)
         made.append(b)
         return b
 
@@ -265,9 +268,16 @@ def go_offline(port: int, client_id: str, topic: str, qos: int) -> None:
 # ---------------------------------------------------------------- tests
 
 
+# A 10 ms batch window keeps every commit open long enough that a kill lands
+# between an acknowledgement and its commit if the broker ever acknowledged
+# early: without it the window is a fraction of a millisecond and an early
+# acknowledgement would rarely be caught.
+WINDOW = "10ms"
+
+
 @pytest.mark.parametrize("qos", [1, 2])
 def test_kill9_offline_persistent_session_keeps_every_acknowledged_message(durable, qos):
-    b = durable()
+    b = durable(batch_window=WINDOW)
     topic = f"dur/offline/{qos}"
     go_offline(b.port, "sub-off", topic, qos)
     pub = Publisher(b.port, "pub-off", topic, qos, 5000)
@@ -290,7 +300,7 @@ def test_kill9_offline_persistent_session_keeps_every_acknowledged_message(durab
 
 @pytest.mark.parametrize("qos", [1, 2])
 def test_kill9_connected_persistent_subscriber_gets_every_acknowledged_message(durable, qos):
-    b = durable()
+    b = durable(batch_window=WINDOW)
     topic = f"dur/online/{qos}"
     sub = Subscriber(b.port, "sub-on", topic, qos)
     pub = Publisher(b.port, "pub-on", topic, qos, 5000)
