@@ -89,8 +89,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
     let opened = storage::open(config).with_context(|| {
         format!(
-            "storage: the store in {:?} cannot be used (fix or move it away; \
-             the gateway does not start empty over data it cannot read)",
+            "storage: the store in {:?} cannot be used (another gateway may hold it; \
+             otherwise fix or move it away: the gateway does not start empty over \
+             data it cannot read)",
             config.storage.data_dir
         )
     })?;

@@ -409,3 +409,73 @@ fn a_full_disk_fails_the_tickets_and_the_broker_keeps_running() {
         1
     );
 }
+
+#[test]
+fn a_pending_delayed_will_survives_a_reopen_and_fires_when_due() {
+    let dir = TempDir::new("will");
+    let now = Instant::now();
+    {
+        let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("opens");
+        let b = broker(store.clone(), restored, now);
+        let watcher = b.open_session(request("watcher", true, 3600), now);
+        b.subscribe(
+            &watcher.handle,
+            "wills/#",
+            SubOptions::at(QoS::AtLeastOnce),
+            now,
+        )
+        .expect("subscribes");
+        b.close_session(
+            &watcher.handle,
+            CloseKind::Normal {
+                publish_will: false,
+            },
+            now,
+        );
+        let mut req = request("dies", true, 3600);
+        req.will = Some(tributary_core::Will {
+            message: msg("wills/dies", "gone", QoS::AtLeastOnce, false),
+            delay_interval: 1,
+            message_expiry_interval: None,
+        });
+        let o = b.open_session(req, now);
+        b.close_session(&o.handle, CloseKind::Abnormal, now);
+        assert_eq!(
+            b.metrics()
+                .wills_published
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0
+        );
+        // A later durable write covers the session record written before it.
+        let mut ticket = None;
+        b.publish_durable(
+            msg("wills/x", "marker", QoS::AtLeastOnce, false),
+            now,
+            &mut Vec::new(),
+            &mut ticket,
+        );
+        wait_durable(&store, ticket);
+        store.close();
+    }
+    let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("reopens");
+    let later = Instant::now();
+    let b = broker(store, restored, later);
+    b.tick(later + Duration::from_secs(2));
+    assert_eq!(
+        b.metrics()
+            .wills_published
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the delayed will fires after the restart"
+    );
+    let w = b.open_session(request("watcher", false, 3600), later);
+    let got: Vec<_> = w
+        .handle
+        .take_for_send(later + Duration::from_secs(2), 10, 10, b.metrics(), |_| {
+            true
+        })
+        .into_iter()
+        .map(|o| o.delivery.message.payload.clone())
+        .collect();
+    assert_eq!(got, vec![Bytes::from("marker"), Bytes::from("gone")]);
+}
