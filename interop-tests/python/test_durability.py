@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 import rawmqtt
 from conftest import BIN, free_port
+from sec import API_CONFIG, api
 
 WAIT = 20.0  # upper bound for anything that should happen "soon" on a loaded machine
 
@@ -36,10 +37,16 @@ class DurableBroker:
     """A `tributary` process on a fixed port and data directory that can be
     SIGKILLed and started again on the same ones."""
 
-    def __init__(self, data_dir: str, durability: str = "fsync", batch_window: str = "0s"):
+    def __init__(self, data_dir: str, durability: str = "fsync", batch_window: str = "0s",
+                 api_port: int | None = None):
         self.data_dir = data_dir
         self.durability = durability
         self.batch_window = batch_window
+        self.api_port = api_port
+        self.config = None
+        if api_port is not None:
+            self.config = os.path.join(os.path.dirname(data_dir), "api.toml")
+            Path(self.config).write_text(API_CONFIG)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.logs: list[str] = []
@@ -57,7 +64,7 @@ class DurableBroker:
             "TRIBUTARY__STOMP__BIND": "127.0.0.1:0",
             "TRIBUTARY__STOMP__WS_BIND": "127.0.0.1:0",
             "TRIBUTARY__LISTENERS__WS__DEFAULT__BIND": "127.0.0.1:0",
-            "TRIBUTARY__API__BIND": "127.0.0.1:0",
+            "TRIBUTARY__API__BIND": f"127.0.0.1:{self.api_port or 0}",
             "TRIBUTARY__STORAGE__BACKEND": "fjall",
             "TRIBUTARY__STORAGE__DATA_DIR": self.data_dir,
             "TRIBUTARY__STORAGE__DURABILITY": self.durability,
@@ -67,7 +74,8 @@ class DurableBroker:
             "TRIBUTARY__LOG__LEVEL": "info",
             "NO_COLOR": "1",
         })
-        self.proc = subprocess.Popen([str(BIN)], env=env, stdin=subprocess.DEVNULL,
+        args = ["--config", self.config] if self.config else []
+        self.proc = subprocess.Popen([str(BIN), *args], env=env, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + WAIT
@@ -405,3 +413,55 @@ def test_corrupt_store_fails_startup_with_a_clear_message(durable):
         b.start()
     text = str(err.value)
     assert "storage" in text and b.data_dir in text, text
+
+
+@pytest.mark.skipif(not os.environ.get("TRIBUTARY_SMALL_FS"),
+                    reason="needs TRIBUTARY_SMALL_FS: a directory on a small filesystem "
+                           "(e.g. `mount -t tmpfs -o size=3m tmpfs /mnt/small`)")
+def test_full_disk_refuses_publishes_with_0x97_and_keeps_running():
+    data = tempfile.mkdtemp(prefix="tributary-full-", dir=os.environ["TRIBUTARY_SMALL_FS"])
+    b = DurableBroker(os.path.join(data, "data"))
+    try:
+        go_offline(b.port, "full-sub", "dur/full", 1)
+        pub = rawmqtt.RawClient(b.port, rawmqtt.V5)
+        assert pub.connect(client_id="full-pub").rc == 0
+        payload = b"x" * 60_000
+        reasons = []
+        for pid in range(1, 2000):
+            pub.publish("dur/full", payload, qos=1, packet_id=pid)
+            ack = pub.expect(rawmqtt.PUBACK, timeout=WAIT)
+            reasons.append(ack.body[2] if len(ack.body) > 2 else 0)
+            if reasons[-1] == 0x97:
+                break
+        assert reasons[-1] == 0x97, f"no refusal after {len(reasons)} publishes"
+        assert all(r == 0 for r in reasons[:-1])
+        # Still serving: a publish that needs no storage goes through.
+        pub.publish("dur/nobody", b"fine", qos=1, packet_id=1)
+        ok = pub.expect(rawmqtt.PUBACK)
+        assert ok.body[2] == 0x10  # no matching subscribers: nothing to store
+        assert b.proc.poll() is None, "the gateway crashed"
+        assert "store write failed" in b.output()
+    finally:
+        b.cleanup()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def test_store_disk_usage_is_in_the_metrics(tmp_path):
+    b = DurableBroker(str(tmp_path / "data"), api_port=free_port())
+    try:
+        go_offline(b.port, "m-sub", "dur/m", 1)
+        pub = rawmqtt.RawClient(b.port)
+        assert pub.connect(client_id="m-pub").rc == 0
+        pub.publish("dur/m", b"x" * 1000, qos=1, packet_id=1)
+        pub.expect(rawmqtt.PUBACK)
+        deadline = time.monotonic() + WAIT
+        metrics = {}
+        while time.monotonic() < deadline:
+            status, metrics, _ = api(b.api_port, "GET", "/api/v5/metrics")
+            if status == 200 and metrics.get("store.disk_bytes", 0) > 0 and metrics.get("store.commits", 0) > 0:
+                break
+            time.sleep(0.1)
+        assert metrics.get("store.disk_bytes", 0) > 0, metrics
+        assert metrics.get("store.commits", 0) >= 1 and metrics.get("store.commit_failures") == 0
+    finally:
+        b.cleanup()
