@@ -53,6 +53,8 @@ pub struct Commits {
     done: AtomicU64,
     /// Batches that failed, most recent last (bounded).
     failed: Mutex<Vec<u64>>,
+    /// Set once any batch failed: until then no ticket needs the list.
+    any_failed: std::sync::atomic::AtomicBool,
     notify: Notify,
 }
 
@@ -69,6 +71,7 @@ impl Commits {
     /// The writer finished batch `batch` (`ok` = durable).
     pub fn finish(&self, batch: u64, ok: bool) {
         if !ok {
+            self.any_failed.store(true, Ordering::Release);
             let mut failed = self.failed.lock();
             failed.push(batch);
             if failed.len() > FAILED_MEMORY {
@@ -83,7 +86,8 @@ impl Commits {
     pub fn state(&self, ticket: CommitTicket) -> TicketState {
         if self.done.load(Ordering::Acquire) < ticket.0 {
             TicketState::Pending
-        } else if self.failed.lock().contains(&ticket.0) {
+        } else if self.any_failed.load(Ordering::Acquire) && self.failed.lock().contains(&ticket.0)
+        {
             TicketState::Failed
         } else {
             TicketState::Durable
