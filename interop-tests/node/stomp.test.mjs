@@ -54,6 +54,8 @@ async function startBroker(env = {}) {
       RUST_LOG: '',
       NO_COLOR: '1',
       TRIBUTARY__LOG__LEVEL: 'warn',
+      // No test shares a store.
+      TRIBUTARY__STORAGE__BACKEND: 'memory',
       TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND: `127.0.0.1:${mqttPort}`,
       TRIBUTARY__MQTTSN__BIND: '127.0.0.1:0',
       TRIBUTARY__COAP__BIND: '127.0.0.1:0',

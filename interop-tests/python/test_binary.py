@@ -50,8 +50,11 @@ def test_broker_runs_with_printed_default_config(default_config, tmp_path):
     port = free_port()
     cfg = tmp_path / "d.toml"
     cfg.write_text(default_config.replace('bind = "0.0.0.0:1883"', f'bind = "127.0.0.1:{port}"'))
+    # The default configuration is durable with a relative data directory:
+    # run where it may create one.
     proc = subprocess.Popen([str(BIN), "--config", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")})
+                            env={k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")},
+                            cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
         while True:
