@@ -68,6 +68,8 @@ pub struct Gateway {
     pub api: Option<SocketAddr>,
     /// Bound STOMP/TCP address, when enabled.
     pub stomp_tcp: Option<SocketAddr>,
+    /// Bound STOMP/TLS address, when a certificate is configured.
+    pub stomp_ssl: Option<SocketAddr>,
     /// Bound STOMP HTTP (WebSocket, SockJS) address, when enabled.
     pub stomp_http: Option<SocketAddr>,
     /// Set while draining: `GET /status` answers 503.
@@ -182,14 +184,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         };
         tasks.spawn(coap_udp::serve(socket, ctx));
     }
-    let (stomp_tcp, stomp_http) =
-        stomp_tcp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
+    let stomp = stomp_tcp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
+    let (stomp_tcp, stomp_ssl, stomp_http) = (stomp.tcp, stomp.ssl.as_ref().map(|s| s.0), stomp.http);
     tasks.spawn(housekeeping(broker.clone(), shutdown_rx));
     banner::log(
         config,
         &listeners,
         api,
         &[("udp:mqttsn", mqttsn_udp), ("udp:coap", coap_udp)],
+        &stomp,
     );
     Ok(Gateway {
         broker,
@@ -199,6 +202,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         listeners,
         api,
         stomp_tcp,
+        stomp_ssl,
         stomp_http,
         draining,
         api_task,

@@ -14,7 +14,8 @@
 //!   receiving request is attached.
 //!
 //! Each waits on its input, the session's wake-up signal, the channel's
-//! deadline and shutdown, like the TCP driver.
+//! deadline and shutdown, like the TCP driver, and reads no input while
+//! [`Holds`] says so (authentication pending, subscribers' mailboxes full).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,13 +25,13 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tracing::debug;
-use tributary_core::{Broker, ConnectionSignal};
+use tributary_core::Broker;
 use tributary_sockjs::frame as sockjs;
 use tributary_stomp::{Channel, ChannelConfig};
 
 use crate::mqtt_tcp::now;
 use crate::stomp_http::SessionEntry;
-use crate::stomp_tcp::{decode_all, encode_items, max_frame_bytes};
+use crate::stomp_tcp::{decode_all, encode_items, max_frame_bytes, wait_signal, Holds};
 
 /// What a STOMP-over-HTTP connection needs.
 #[derive(Clone)]
@@ -55,13 +56,6 @@ impl StompShared {
 
 /// Close code SockJS sends when the STOMP connection ends.
 const NORMAL_CLOSURE: (u16, &str) = (1000, "Normal closure");
-
-async fn wait_signal(signal: &Option<Arc<ConnectionSignal>>) {
-    match signal {
-        Some(s) => s.notified().await,
-        None => std::future::pending().await,
-    }
-}
 
 async fn wait_deadline(deadline: Option<std::time::Instant>) {
     match deadline {
@@ -91,6 +85,7 @@ pub async fn raw_stomp(
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
     let mut signal = None;
+    let mut holds = Holds::new(&shared.broker);
     loop {
         let mut failed = false;
         for chunk in encode_items(&mut channel) {
@@ -104,6 +99,13 @@ pub async fn raw_stomp(
         }
         if signal.is_none() {
             signal = channel.signal();
+        }
+        if holds.active(&mut channel) {
+            holds.wait(&mut channel, &signal, &mut shutdown).await;
+            if !holds.active(&mut channel) {
+                decode_all(&mut channel, &mut rbuf);
+            }
+            continue;
         }
         let deadline = channel.next_deadline();
         tokio::select! {
@@ -163,6 +165,7 @@ pub async fn sockjs_stomp_ws(
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
     let mut signal = None;
+    let mut holds = Holds::new(&shared.broker);
     let mut ok = ws.send(Message::Text(sockjs::OPEN.into())).await.is_ok();
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     while ok {
@@ -181,6 +184,13 @@ pub async fn sockjs_stomp_ws(
         }
         if signal.is_none() {
             signal = channel.signal();
+        }
+        if holds.active(&mut channel) {
+            holds.wait(&mut channel, &signal, &mut shutdown).await;
+            if !holds.active(&mut channel) {
+                decode_all(&mut channel, &mut rbuf);
+            }
+            continue;
         }
         let deadline = channel.next_deadline();
         tokio::select! {
@@ -249,6 +259,7 @@ pub async fn sockjs_stomp_session(
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
     let mut signal = None;
+    let mut holds = Holds::new(&shared.broker);
     loop {
         let chunks = encode_items(&mut channel);
         if !chunks.is_empty() && !entry.send_all(chunks) {
@@ -260,6 +271,13 @@ pub async fn sockjs_stomp_session(
         }
         if signal.is_none() {
             signal = channel.signal();
+        }
+        if holds.active(&mut channel) {
+            holds.wait(&mut channel, &signal, &mut shutdown).await;
+            if !holds.active(&mut channel) {
+                decode_all(&mut channel, &mut rbuf);
+            }
+            continue;
         }
         let deadline = channel.next_deadline();
         tokio::select! {
