@@ -24,6 +24,7 @@ pub mod banner;
 pub mod coap_udp;
 pub mod ctl;
 pub mod der;
+pub mod hixie76;
 pub mod listener_stats;
 pub mod logging;
 pub mod mqtt_tcp;
@@ -185,7 +186,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         tasks.spawn(coap_udp::serve(socket, ctx));
     }
     let stomp = stomp_tcp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
-    let (stomp_tcp, stomp_ssl, stomp_http) = (stomp.tcp, stomp.ssl.as_ref().map(|s| s.0), stomp.http);
+    let (stomp_tcp, stomp_ssl, stomp_http) =
+        (stomp.tcp, stomp.ssl.as_ref().map(|s| s.0), stomp.http);
     tasks.spawn(housekeeping(broker.clone(), shutdown_rx));
     banner::log(
         config,

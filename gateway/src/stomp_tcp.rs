@@ -384,8 +384,7 @@ pub async fn start(
     let mut ssl = None;
     if s.ssl_enabled && s.ssl_options.is_configured() {
         let tls = Arc::new(
-            TlsSource::load("ssl:stomp".to_owned(), &s.ssl_options)
-                .context("stomp.ssl_options")?,
+            TlsSource::load("ssl:stomp".to_owned(), &s.ssl_options).context("stomp.ssl_options")?,
         );
         let listener = TcpListener::bind(s.ssl_bind)
             .await

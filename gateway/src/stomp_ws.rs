@@ -29,6 +29,7 @@ use tributary_core::Broker;
 use tributary_sockjs::frame as sockjs;
 use tributary_stomp::{Channel, ChannelConfig};
 
+use crate::hixie76::{Incoming, TextFrames};
 use crate::mqtt_tcp::now;
 use crate::stomp_http::SessionEntry;
 use crate::stomp_tcp::{decode_all, encode_items, max_frame_bytes, wait_signal, Holds};
@@ -151,9 +152,10 @@ fn sockjs_array(chunks: Vec<Bytes>) -> String {
     sockjs::messages(&texts)
 }
 
-/// STOMP over SockJS's `websocket` transport.
-pub async fn sockjs_stomp_ws(
-    mut ws: WebSocket,
+/// STOMP over SockJS's `websocket` transport (an RFC 6455 WebSocket, or a
+/// hixie-76 one).
+pub async fn sockjs_stomp_ws<T: TextFrames>(
+    mut ws: T,
     peer: SocketAddr,
     shared: StompShared,
     heartbeat: Duration,
@@ -166,16 +168,11 @@ pub async fn sockjs_stomp_ws(
     let mut rbuf = BytesMut::new();
     let mut signal = None;
     let mut holds = Holds::new(&shared.broker);
-    let mut ok = ws.send(Message::Text(sockjs::OPEN.into())).await.is_ok();
+    let mut ok = ws.send_text(sockjs::OPEN.into()).await;
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     while ok {
         let chunks = encode_items(&mut channel);
-        if !chunks.is_empty()
-            && ws
-                .send(Message::Text(sockjs_array(chunks).into()))
-                .await
-                .is_err()
-        {
+        if !chunks.is_empty() && !ws.send_text(sockjs_array(chunks)).await {
             ok = false;
             break;
         }
@@ -194,11 +191,11 @@ pub async fn sockjs_stomp_ws(
         }
         let deadline = channel.next_deadline();
         tokio::select! {
-            msg = ws.recv() => {
+            msg = ws.recv_text() => {
                 let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => { ok = false; break }
+                    Incoming::Text(t) => t,
+                    Incoming::Ignore => continue,
+                    Incoming::Closed => { ok = false; break }
                 };
                 match sockjs::parse_messages(text.as_bytes(), true) {
                     Ok(msgs) => {
@@ -220,7 +217,7 @@ pub async fn sockjs_stomp_ws(
                 }
             }
             _ = beat.tick() => {
-                ok = ws.send(Message::Text(sockjs::HEARTBEAT.into())).await.is_ok();
+                ok = ws.send_text(sockjs::HEARTBEAT.into()).await;
             }
             _ = wait_signal(&signal) => channel.handle_wake(now()),
             _ = wait_deadline(deadline) => channel.handle_timeout(now()),
@@ -230,14 +227,12 @@ pub async fn sockjs_stomp_ws(
     if ok {
         let chunks = encode_items(&mut channel);
         if !chunks.is_empty() {
-            let _ = ws.send(Message::Text(sockjs_array(chunks).into())).await;
+            let _ = ws.send_text(sockjs_array(chunks)).await;
         }
         let _ = ws
-            .send(Message::Text(
-                sockjs::close(NORMAL_CLOSURE.0, NORMAL_CLOSURE.1).into(),
-            ))
+            .send_text(sockjs::close(NORMAL_CLOSURE.0, NORMAL_CLOSURE.1))
             .await;
-        let _ = ws.send(Message::Close(None)).await;
+        ws.close().await;
     }
     channel.finish(now());
     metrics.dec(&metrics.connections);

@@ -414,11 +414,7 @@ impl Channel {
                 State::Authenticating(_) => {
                     debug!("authentication did not answer within the connect timeout");
                     self.auth_future = None;
-                    self.violation(
-                        "not authorized",
-                        "authentication timed out".into(),
-                        None,
-                    );
+                    self.violation("not authorized", "authentication timed out".into(), None);
                 }
                 _ => self.violation(
                     "heart-beat timeout",
