@@ -75,7 +75,7 @@ pub fn key_number(key: &str) -> Option<u32> {
             spaces += 1;
         }
     }
-    if spaces == 0 || digits % spaces != 0 {
+    if spaces == 0 || !digits.is_multiple_of(spaces) {
         return None;
     }
     u32::try_from(digits / spaces).ok()
