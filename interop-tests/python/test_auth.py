@@ -118,7 +118,7 @@ users_file = "{path}"
 
 def test_no_backend_anonymous_default_and_switch(start_broker):
     assert connect(start_broker().port, "anon", V311) == 0
-    broker = start_broker(env={"TRIBUTARY__AUTHENTICATION__ALLOW_ANONYMOUS": "false"})
+    broker = start_broker(env={"TRIBUTARY_AUTHENTICATION__ALLOW_ANONYMOUS": "false"})
     assert connect(broker.port, "anon", V5) == NOT_AUTHORIZED[V5]
     assert connect(broker.port, "named", V5, "someone", "x") == 0
 
@@ -126,7 +126,7 @@ def test_no_backend_anonymous_default_and_switch(start_broker):
 def test_startup_warning_for_anonymous_on_non_loopback(start_broker):
     for attempt in range(5):  # a wildcard bind can clash with a lingering client port
         try:
-            broker = start_broker(env={"TRIBUTARY__LISTENERS__WS__DEFAULT__BIND": f"0.0.0.0:{free_port()}"})
+            broker = start_broker(env={"TRIBUTARY_LISTENERS__WS__DEFAULT__BIND": f"0.0.0.0:{free_port()}"})
             break
         except RuntimeError:
             if attempt == 4:

@@ -283,7 +283,7 @@ def test_v5_topic_alias_zero(port, raw):
 
 def test_v5_topic_alias_above_maximum(start_broker, raw):
     # [MQTT-3.3.2-9]: a Topic Alias above the server's Topic Alias Maximum → 0x94.
-    b = start_broker({"TRIBUTARY__MQTT__MAX_TOPIC_ALIAS": "2"})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_TOPIC_ALIAS": "2"})
     c = raw(b.port, rawmqtt.V5)
     assert c.connect(client_id="ta").props[rawmqtt.TOPIC_ALIAS_MAXIMUM] == 2
     c.publish("ta/t", b"x", props=[(rawmqtt.TOPIC_ALIAS, 3)])
@@ -345,7 +345,7 @@ def test_qos2_duplicate_publish_delivered_once(port, raw, client, version):
 # ---------------------------------------------------------------- resource exhaustion
 
 def test_silent_connection_closed_after_connect_timeout(start_broker, raw):
-    b = start_broker({"TRIBUTARY__MQTT__CONNECT_TIMEOUT": "1s"})
+    b = start_broker({"TRIBUTARY_MQTT__CONNECT_TIMEOUT": "1s"})
     c = raw(b.port)
     start = time.monotonic()
     assert c.read_until_closed(4) == []
@@ -354,7 +354,7 @@ def test_silent_connection_closed_after_connect_timeout(start_broker, raw):
 
 def test_trickled_connect_does_not_extend_connect_timeout(start_broker, raw):
     # DESIGN: the first CONNECT must arrive within a deadline "that trickled bytes do not extend".
-    b = start_broker({"TRIBUTARY__MQTT__CONNECT_TIMEOUT": "1s"})
+    b = start_broker({"TRIBUTARY_MQTT__CONNECT_TIMEOUT": "1s"})
     c = raw(b.port)
     connect = rawmqtt.connect(rawmqtt.V311, client_id="t" * 200)
     start = time.monotonic()

@@ -22,7 +22,7 @@ def run(*args, config_text=None, env=None, tmp_path=None):
         path = tmp_path / "tributary.toml"
         path.write_text(config_text)
         argv += ["--config", str(path)]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY_")}
     full_env.update(env or {})
     return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=20)
 
@@ -51,7 +51,7 @@ def test_broker_runs_with_printed_default_config(default_config, tmp_path):
     cfg = tmp_path / "d.toml"
     cfg.write_text(default_config.replace('bind = "0.0.0.0:1883"', f'bind = "127.0.0.1:{port}"'))
     proc = subprocess.Popen([str(BIN), "--config", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")})
+                            env={k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY_")})
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -114,10 +114,10 @@ def test_valid_durations_accepted(tmp_path):
 
 
 def test_env_override_errors_name_key_and_variable():
-    out = run("check-config", env={"TRIBUTARY__MQTT__MAX_INFLIGHT": "0"})
+    out = run("check-config", env={"TRIBUTARY_MQTT__MAX_INFLIGHT": "0"})
     assert out.returncode != 0
-    assert "mqtt.max_inflight" in out.stderr and "TRIBUTARY__MQTT__MAX_INFLIGHT" in out.stderr
-    out = run("check-config", env={"TRIBUTARY__MQTT__MAX_PAKCET_SIZE": "5"})
+    assert "mqtt.max_inflight" in out.stderr and "TRIBUTARY_MQTT__MAX_INFLIGHT" in out.stderr
+    out = run("check-config", env={"TRIBUTARY_MQTT__MAX_PAKCET_SIZE": "5"})
     assert out.returncode != 0
     assert "mqtt.max_pakcet_size" in out.stderr
 

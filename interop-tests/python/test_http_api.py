@@ -22,7 +22,7 @@ from sec import API_CONFIG, API_KEY, API_SECRET, api, free_port, wait_port
 def node(start_broker):
     """A broker with the API on a known port: (broker, api port)."""
     port = free_port()
-    broker = start_broker(env={"TRIBUTARY__API__BIND": f"127.0.0.1:{port}"}, config=API_CONFIG)
+    broker = start_broker(env={"TRIBUTARY_API__BIND": f"127.0.0.1:{port}"}, config=API_CONFIG)
     wait_port(port)
     return broker, port
 
@@ -267,14 +267,14 @@ def test_ctl(node, client):
 
 def test_json_logs(start_broker):
     import json
-    broker = start_broker(env={"TRIBUTARY__LOG__FORMAT": "json"})
+    broker = start_broker(env={"TRIBUTARY_LOG__FORMAT": "json"})
     first = broker.output().splitlines()[0]
     record = json.loads(first)
     assert record["level"] == "INFO" and "fields" in record
 
 
 def test_sys_topics_carry_the_new_counters(start_broker, client):
-    broker = start_broker(env={"TRIBUTARY__NODE__SYS_INTERVAL": "200ms"})
+    broker = start_broker(env={"TRIBUTARY_NODE__SYS_INTERVAL": "200ms"})
     c = client(broker.port, "sys-reader")
     c.connect()
     assert c.subscribe("$SYS/brokers/+/metrics/#", 0) == [0]

@@ -16,7 +16,7 @@ from sec import API_CONFIG, api, free_port, wait_port
 def start(start_broker, config: str, env: dict | None = None):
     port = free_port()
     env = dict(env or {})
-    env["TRIBUTARY__API__BIND"] = f"127.0.0.1:{port}"
+    env["TRIBUTARY_API__BIND"] = f"127.0.0.1:{port}"
     broker = start_broker(env=env, config=config + API_CONFIG)
     wait_port(port)
     return broker, port

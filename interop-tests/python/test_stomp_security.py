@@ -38,7 +38,7 @@ def pki(tmp_path):
 
 def start_stomp_tls(start_broker, pki, extra="", more=""):
     tcp, ssl = free_port(), free_port()
-    b = start_broker(env={"TRIBUTARY__STOMP__BIND": f"127.0.0.1:{tcp}"},
+    b = start_broker(env={"TRIBUTARY_STOMP__BIND": f"127.0.0.1:{tcp}"},
                      config=STOMP_TLS.format(ssl=ssl, certfile=pki.server[0], keyfile=pki.server[1],
                                              extra=extra) + more)
     wait_port(ssl)
@@ -162,7 +162,7 @@ def stomp_connect_frame(login: str, passcode: str) -> bytes:
 
 def test_http_backend_decides_stomp_connect_live(start_broker, gated_auth):
     tcp = free_port()
-    b = start_broker(env={"TRIBUTARY__STOMP__BIND": f"127.0.0.1:{tcp}"}, config=f"""
+    b = start_broker(env={"TRIBUTARY_STOMP__BIND": f"127.0.0.1:{tcp}"}, config=f"""
 [authentication.http]
 enabled = true
 url = "http://127.0.0.1:{gated_auth.port}/auth"
@@ -206,10 +206,10 @@ timeout = "5s"
 def test_qos1_sends_pause_instead_of_overflowing_an_online_subscriber(start_broker, raw):
     tcp = free_port()
     b = start_broker(env={
-        "TRIBUTARY__STOMP__BIND": f"127.0.0.1:{tcp}",
-        "TRIBUTARY__STOMP__SEND_QOS": "1",
-        "TRIBUTARY__MQTT__MAX_INFLIGHT": "1",
-        "TRIBUTARY__MQTT__MAX_MQUEUE_LEN": "3",
+        "TRIBUTARY_STOMP__BIND": f"127.0.0.1:{tcp}",
+        "TRIBUTARY_STOMP__SEND_QOS": "1",
+        "TRIBUTARY_MQTT__MAX_INFLIGHT": "1",
+        "TRIBUTARY_MQTT__MAX_MQUEUE_LEN": "3",
     })
     wait_port(tcp)
     sub = raw(b.port, rawmqtt.V311, timeout=10)
