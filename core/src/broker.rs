@@ -529,7 +529,23 @@ impl Broker {
         }
     }
 
-    /// Snapshot of the sessions: (client info, online, subscriptions count).
+    /// Messages waiting in session queues and awaiting acknowledgement,
+    /// summed per protocol of the sessions' clients: (protocol, queued,
+    /// inflight). Walks every session: for scrapes, not the hot path.
+    pub fn queue_depths(&self) -> Vec<(&'static str, usize, usize)> {
+        let sessions = self.sessions.lock();
+        let mut by: std::collections::BTreeMap<&'static str, (usize, usize)> =
+            std::collections::BTreeMap::new();
+        for s in sessions.values() {
+            let protocol = s.state.lock().info.protocol;
+            let e = by.entry(protocol).or_default();
+            e.0 += s.queue_len();
+            e.1 += s.inflight_len();
+        }
+        by.into_iter().map(|(p, (q, i))| (p, q, i)).collect()
+    }
+
+    /// Every session as (client, online, subscription count).
     pub fn clients(&self) -> Vec<(ClientInfo, bool, usize)> {
         let sessions = self.sessions.lock();
         sessions

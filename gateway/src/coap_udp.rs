@@ -49,6 +49,20 @@ pub struct CoapStats {
     pub datagrams_dropped: AtomicU64,
 }
 
+impl CoapStats {
+    /// Every counter as (name, is a gauge, value).
+    pub fn snapshot(&self) -> Vec<(&'static str, bool, u64)> {
+        vec![
+            ("peers", true, self.peers.load(Ordering::Relaxed)),
+            (
+                "datagrams_dropped",
+                false,
+                self.datagrams_dropped.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
+
 /// Everything the CoAP gateway's tasks share.
 #[derive(Clone)]
 pub struct CoapContext {

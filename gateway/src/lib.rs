@@ -129,13 +129,35 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The API runs outside `tasks` so `/status` can answer 503 while the
     // connections drain; it is stopped after the drain.
+    let mqttsn_stats = Arc::new(tributary_mqttsn::gateway::Stats::default());
+    let coap_stats = Arc::new(coap_udp::CoapStats::default());
+    let mut gateways = Vec::new();
+    if config.mqttsn.enabled {
+        let s = mqttsn_stats.clone();
+        gateways.push(api::GatewayCounters {
+            gateway: "mqtt-sn",
+            snapshot: Arc::new(move || {
+                s.snapshot()
+                    .into_iter()
+                    .map(|(name, v)| (name, false, v))
+                    .collect()
+            }),
+        });
+    }
+    if config.coap.enabled {
+        let s = coap_stats.clone();
+        gateways.push(api::GatewayCounters {
+            gateway: "coap",
+            snapshot: Arc::new(move || s.snapshot()),
+        });
+    }
     let (api, api_task) = api::start(
         config,
-        api::ApiState::new(config, broker.clone(), listeners.clone(), draining.clone()),
+        api::ApiState::new(config, broker.clone(), listeners.clone(), draining.clone())
+            .with_gateways(gateways),
     )
     .await?;
     security::warn_if_open(config, &listeners);
-    let mqttsn_stats = Arc::new(tributary_mqttsn::gateway::Stats::default());
     let mut mqttsn_udp = None;
     if config.mqttsn.enabled {
         let sn = &config.mqttsn;
@@ -180,7 +202,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
             channel: wiring::coap_channel(config),
             max_peers: c.max_peers as usize,
             peer_queue_len: c.peer_queue_len as usize,
-            stats: Arc::new(coap_udp::CoapStats::default()),
+            stats: coap_stats.clone(),
             shutdown: shutdown_rx.clone(),
         };
         tasks.spawn(coap_udp::serve(socket, ctx));

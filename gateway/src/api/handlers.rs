@@ -97,6 +97,7 @@ fn publish_one(state: &ApiState, req: PublishRequest) -> Result<Value, ApiError>
     let now = now();
     let message = message.with_expiry_interval(p.message_expiry_interval, now);
     let id = message_id();
+    state.broker.metrics().message_in("http", message.qos);
     if state.broker.publish(message, now) == 0 {
         Ok(json!({"id": id, "reason_code": 16, "message": "no_matching_subscribers"}))
     } else {

@@ -494,7 +494,7 @@ impl Channel {
                     }
                     _ => {}
                 }
-                metrics.inc(&metrics.messages_sent);
+                metrics.message_out("coap", o.delivery.qos);
             }
         }
     }

@@ -250,6 +250,7 @@ impl Channel {
         message.publisher = Some(id.client.client_id.clone());
         message.properties = content::to_properties(m.content_format());
         let message = message.with_expiry_interval(q.expiry, now);
+        self.broker.metrics().message_in("coap", message.qos);
         self.broker.publish(message, now);
         let mut r = response(Code::CHANGED);
         if let Some(block) = block1_done {

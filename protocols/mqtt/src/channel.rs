@@ -1016,14 +1016,9 @@ impl Channel {
         if !self.within_rate(&publish, now) {
             return;
         }
-        {
-            let m = self.broker.metrics();
-            m.inc(match publish.qos {
-                QoS::AtMostOnce => &m.messages_qos0_received,
-                QoS::AtLeastOnce => &m.messages_qos1_received,
-                QoS::ExactlyOnce => &m.messages_qos2_received,
-            });
-        }
+        self.broker
+            .metrics()
+            .message_in("mqtt", core_qos(publish.qos));
         let v5 = self.version.is_v5();
         let max_levels = self.broker.config().max_topic_levels;
         if !publish.properties.subscription_identifiers.is_empty() {
@@ -1247,9 +1242,7 @@ impl Channel {
                 }
             }
         }
-        self.broker
-            .metrics()
-            .inc(&self.broker.metrics().messages_sent);
+        self.broker.metrics().message_out("mqtt", d.qos);
         self.output.push(Packet::Publish(Publish {
             dup: out.dup,
             qos: mqtt_qos(d.qos),

@@ -758,6 +758,7 @@ impl Channel {
         }
         let mut message = Message::new(topic, p.payload, core_qos(p.qos), p.retain);
         message.publisher = Some(client.client_id.clone());
+        self.broker.metrics().message_in("mqtt-sn", message.qos);
         match p.qos {
             QoS::AtMostOnce | QoS::NoConnection => {
                 if allowed {
@@ -1039,9 +1040,7 @@ impl Channel {
 
     fn send_publish(&mut self, out: &Outgoing, kind: TopicIdType, topic_id: u16, now: Instant) {
         let d = &out.delivery;
-        self.broker
-            .metrics()
-            .inc(&self.broker.metrics().messages_sent);
+        self.broker.metrics().message_out("mqtt-sn", d.qos);
         self.output.push(Packet::Publish(Publish {
             dup: out.dup,
             qos: sn_qos(d.qos),

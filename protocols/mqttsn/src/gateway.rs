@@ -170,6 +170,9 @@ pub fn publish_qos_neg1(
         tributary_core::QoS::AtMostOnce,
         p.retain,
     );
+    broker
+        .metrics()
+        .message_in("mqtt-sn", tributary_core::QoS::AtMostOnce);
     broker.publish(message, now);
     Stats::inc(&stats.qos_neg1_published);
     true

@@ -805,6 +805,7 @@ impl Channel {
         let mut message = Message::new(topic, frame.body.clone(), self.config.send_qos, retain);
         message.publisher = Some(client.client_id.clone());
         message.properties = properties;
+        self.broker.metrics().message_in("stomp", message.qos);
         if message.qos == QoS::AtMostOnce {
             self.broker.publish(message, now);
         } else {
@@ -1291,9 +1292,7 @@ impl Channel {
                 }
             }
             f.body = message.payload.clone();
-            self.broker
-                .metrics()
-                .inc(&self.broker.metrics().messages_sent);
+            self.broker.metrics().message_out("stomp", out.delivery.qos);
             self.output.push(Output::Frame(f));
         }
         match out.packet_id {
