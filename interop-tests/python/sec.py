@@ -15,8 +15,10 @@ import datetime
 import ipaddress
 import json
 import socket
+import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -163,3 +165,44 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"nothing listens on {port}") from None
             time.sleep(0.02)
+
+
+class GatedAuthServer:
+    """An HTTP authentication backend (POST /auth): 'good'/'pw' and 'gated'/'pw' are
+    allowed, anything else denied; a request whose username or client id is 'gated'
+    waits for `gate` first. Client ids ending in '-ok' are allowed (MQTT-SN clients
+    send no user name)."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.gate = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                user, pw, cid = body.get("username"), body.get("password"), body.get("clientid") or ""
+                if "gated" in (user, cid):
+                    outer.gate.wait(10)
+                ok = (user, pw) in (("good", "pw"), ("gated", "pw")) or cid.endswith("-ok") or cid == "gated"
+                result = "allow" if ok else "deny"
+                data = json.dumps({"result": result}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()

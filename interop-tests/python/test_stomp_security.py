@@ -6,15 +6,13 @@ of losing messages."""
 
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import rawmqtt
 import stomp
 from clients import V5
-from sec import Pki, free_port
+from sec import GatedAuthServer, Pki, free_port
 from stomp_support import Collector, RawStomp, connect, wait_port
 
 STOMP_TLS = """
@@ -110,43 +108,6 @@ topics = ["users/%u/#"]
     assert (f.headers["destination"], f.body) == ("users/sensor-9/t", "mine")
     conn.send(destination="users/mallory/t", body="not mine")
     assert l.error().headers["message"] == "not authorized"
-
-
-class GatedAuthServer:
-    """POST /auth: 'good'/'pw' allowed, 'bad' denied; 'gated' waits for `gate` and is then allowed."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.gate = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                if body.get("username") == "gated":
-                    outer.gate.wait(10)
-                user, pw = body.get("username"), body.get("password")
-                result = "allow" if (user, pw) in (("good", "pw"), ("gated", "pw")) else "deny"
-                data = json.dumps({"result": result}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::{debug, info};
-use tributary_core::auth::{Action, AuthOutcome};
+use tributary_core::auth::{Action, AuthCheck, AuthOutcome};
 use tributary_core::topic::{has_wildcard, parse_filter, validate_topic_name};
 use tributary_core::{ClientInfo, CloseKind, Delivery, SessionRequest, SubOptions};
 
 use crate::block::{slice, Assembled, BlockError, BlockValue, Representation};
-use crate::channel::{Channel, Connection, ObsKey, PeerSession, Reject};
+use crate::channel::{AuthKey, Channel, Connection, ObsKey, PeerSession, Reject};
 use crate::content;
 use crate::layer::response;
 use crate::msg::{opt, Code, Message, MessageType};
@@ -140,9 +140,28 @@ impl Channel {
         Ok(Identity { client, mountpoint })
     }
 
-    fn authenticate(&self, client: &ClientInfo, q: &Query) -> Result<(), Reject> {
+    /// Authenticate through the core's chain. A backend that answers later
+    /// parks the request ([`Reject::parked`]); it is handled again with the
+    /// answer ([`Channel::handle_auth_result`]).
+    fn authenticate(&mut self, client: &ClientInfo, q: &Query) -> Result<(), Reject> {
         let password = q.password.as_deref().map(str::as_bytes);
-        match self.broker.authenticator().authenticate(client, password) {
+        let key: AuthKey = (
+            client.client_id.clone(),
+            client.username.clone(),
+            password.map(<[u8]>::to_vec),
+        );
+        let outcome = match self.auth.answer.take() {
+            Some((k, outcome)) if k == key => outcome,
+            _ => match self.broker.authenticator().check(client, password) {
+                AuthCheck::Ready(outcome) => outcome,
+                AuthCheck::Pending(decision) => {
+                    self.auth.future = Some(decision);
+                    self.auth.key = Some(key);
+                    return Err(Reject::parked());
+                }
+            },
+        };
+        match outcome {
             AuthOutcome::Allow => Ok(()),
             AuthOutcome::BadCredentials => {
                 Err(Reject::new(Code::UNAUTHORIZED, "bad username or password"))
@@ -214,6 +233,7 @@ impl Channel {
                             code: Code::REQUEST_ENTITY_TOO_LARGE,
                             why: "body too large",
                             size1: Some(u32::try_from(max).unwrap_or(u32::MAX)),
+                            parked: false,
                         })
                     }
                     Err(BlockError::BadSize) => {
@@ -227,6 +247,7 @@ impl Channel {
                         code: Code::REQUEST_ENTITY_TOO_LARGE,
                         why: "body too large",
                         size1: Some(u32::try_from(self.config.max_body_size).unwrap_or(u32::MAX)),
+                        parked: false,
                     });
                 }
                 m.payload.clone()

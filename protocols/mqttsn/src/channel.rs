@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info};
-use tributary_core::auth::{Action, AuthOutcome};
+use tributary_core::auth::{Action, AuthCheck, AuthFuture, AuthOutcome};
 use tributary_core::session::IncomingQos2;
 use tributary_core::topic::{has_wildcard, parse_filter, validate_topic_name};
 use tributary_core::{
@@ -162,6 +162,8 @@ enum State {
     WaitWillTopic(Connect),
     /// WILLMSGREQ sent.
     WaitWillMsg(Connect, WillTopic),
+    /// CONNECT (and will) complete; an authentication backend is deciding.
+    Authenticating(Box<ParkedConnect>),
     /// Connected and awake.
     Active,
     /// Asleep for `duration` seconds (§6.14).
@@ -170,6 +172,14 @@ enum State {
     Awake(u16),
     /// Done; the driver sends the output and calls [`Channel::finish`].
     Closed,
+}
+
+/// A CONNECT waiting for an authentication backend's answer.
+#[derive(Debug)]
+struct ParkedConnect {
+    connect: Connect,
+    will: Option<(WillTopic, Bytes)>,
+    client: ClientInfo,
 }
 
 /// A REGISTER sent to the client, awaiting its REGACK.
@@ -203,6 +213,8 @@ pub struct Channel {
     will: Option<(WillTopic, Bytes)>,
     registry: Registry,
     output: Vec<Packet>,
+    /// An authentication decision for the driver to await.
+    auth_future: Option<AuthFuture>,
     /// Connect/will-flow bound, keep alive, or end of sleep.
     deadline: Option<Instant>,
     /// When something unacknowledged is next due for resending.
@@ -266,6 +278,7 @@ impl Channel {
             will: None,
             registry,
             output: Vec::new(),
+            auth_future: None,
             deadline,
             retry_at: None,
             pending: VecDeque::new(),
@@ -359,7 +372,13 @@ impl Channel {
             (State::WaitWillMsg(c, w), Packet::WillMsg { payload }) => {
                 self.complete_connect(c, Some((w, payload)), now)
             }
-            (state @ (State::Idle | State::WaitWillTopic(_) | State::WaitWillMsg(..)), p) => {
+            (
+                state @ (State::Idle
+                | State::WaitWillTopic(_)
+                | State::WaitWillMsg(..)
+                | State::Authenticating(_)),
+                p,
+            ) => {
                 debug!(
                     packet = p.name(),
                     "message before the connection is set up; dropped"
@@ -454,6 +473,14 @@ impl Channel {
             State::Idle | State::WaitWillTopic(_) | State::WaitWillMsg(..) => {
                 debug!("connection not completed in time");
                 self.state = State::Closed;
+            }
+            State::Authenticating(_) => {
+                self.auth_future = None;
+                self.refuse_connect(
+                    ReturnCode::NotSupported,
+                    "authentication did not answer in time",
+                    now,
+                );
             }
             State::Active | State::Awake(_) => {
                 info!(client_id = ?self.client_id(), "keep alive expired; client lost (§6.3)");
@@ -578,7 +605,54 @@ impl Channel {
             peer: self.peer,
             protocol: "mqtt-sn",
         };
-        if self.broker.authenticator().authenticate(&client, None) != AuthOutcome::Allow {
+        match self.broker.authenticator().check(&client, None) {
+            AuthCheck::Ready(outcome) => self.connect_authenticated(c, will, client, outcome, now),
+            AuthCheck::Pending(decision) => {
+                debug!(client_id = %client.client_id, "waiting for the authentication backend");
+                self.auth_future = Some(decision);
+                self.state = State::Authenticating(Box::new(ParkedConnect {
+                    connect: c,
+                    will,
+                    client,
+                }));
+            }
+        }
+    }
+
+    /// An authentication decision the driver must await and pass to
+    /// [`Channel::handle_auth_result`]; meanwhile it feeds no messages.
+    pub fn take_auth_future(&mut self) -> Option<AuthFuture> {
+        self.auth_future.take()
+    }
+
+    /// True while a CONNECT waits for an authentication backend.
+    pub fn is_authenticating(&self) -> bool {
+        matches!(self.state, State::Authenticating(_))
+    }
+
+    /// The authentication backend answered for the parked CONNECT.
+    pub fn handle_auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
+        let State::Authenticating(parked) = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        let ParkedConnect {
+            connect,
+            will,
+            client,
+        } = *parked;
+        self.connect_authenticated(connect, will, client, outcome, now);
+    }
+
+    fn connect_authenticated(
+        &mut self,
+        c: Connect,
+        will: Option<(WillTopic, Bytes)>,
+        client: ClientInfo,
+        outcome: AuthOutcome,
+        now: Instant,
+    ) {
+        if outcome != AuthOutcome::Allow {
             return self.refuse_connect(ReturnCode::NotSupported, "not authorized", now);
         }
         let core_will = match &will {
