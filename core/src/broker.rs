@@ -529,6 +529,29 @@ impl Broker {
         }
     }
 
+    /// Check a topic name against the rules and `max_topic_levels`; a name
+    /// with too many levels is counted (`topic_levels_exceeded`).
+    pub fn check_topic_name(&self, topic: &str) -> Result<(), crate::topic::TopicError> {
+        crate::topic::validate_topic_name(topic, self.config.max_topic_levels)
+            .inspect_err(|e| self.count_topic_error(e))
+    }
+
+    /// Parse a topic filter (`$share/…` too) against the rules and
+    /// `max_topic_levels`, counting one with too many levels.
+    pub fn check_filter<'a>(
+        &self,
+        raw: &'a str,
+    ) -> Result<crate::topic::ParsedFilter<'a>, crate::topic::TopicError> {
+        crate::topic::parse_filter(raw, self.config.max_topic_levels)
+            .inspect_err(|e| self.count_topic_error(e))
+    }
+
+    fn count_topic_error(&self, e: &crate::topic::TopicError) {
+        if matches!(e, crate::topic::TopicError::TooManyLevels(_)) {
+            self.metrics.inc(&self.metrics.topic_levels_exceeded);
+        }
+    }
+
     /// Messages waiting in session queues and awaiting acknowledgement,
     /// summed per protocol of the sessions' clients: (protocol, queued,
     /// inflight). Walks every session: for scrapes, not the hot path.
@@ -612,6 +635,8 @@ impl Broker {
                 retained.insert(&message.topic, message.clone());
                 self.persistence
                     .retained_changed(&message.topic, Some(message));
+            } else {
+                self.metrics.inc(&self.metrics.retained_refused);
             }
         }
         self.metrics

@@ -129,6 +129,11 @@ metrics! {
     rate_limited,
     /// Subscriptions refused because the client holds the most allowed.
     subscriptions_refused_quota,
+    /// Topic names or filters refused for having more than `max_topic_levels` levels.
+    topic_levels_exceeded,
+    /// Retained messages not stored: payload over `max_retained_payload`, or
+    /// `max_retained` messages already stored.
+    retained_refused,
 }
 
 impl Metrics {

@@ -71,8 +71,9 @@ fn message_id() -> String {
 }
 
 fn publish_one(state: &ApiState, req: PublishRequest) -> Result<Value, ApiError> {
-    let levels = state.broker.config().max_topic_levels;
-    tributary_core::topic::validate_topic_name(&req.topic, levels)
+    state
+        .broker
+        .check_topic_name(&req.topic)
         .map_err(|e| ApiError::bad_request(format!("invalid topic {:?}: {e}", req.topic)))?;
     let qos = QoS::from_u8(req.qos)
         .ok_or_else(|| ApiError::bad_request(format!("qos must be 0, 1 or 2, got {}", req.qos)))?;

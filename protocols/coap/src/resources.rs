@@ -13,7 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{debug, info};
 use tributary_core::auth::{Action, AuthCheck, AuthOutcome};
-use tributary_core::topic::{has_wildcard, parse_filter, validate_topic_name};
+use tributary_core::topic::has_wildcard;
 use tributary_core::{ClientInfo, CloseKind, Delivery, SessionRequest, SubOptions};
 
 use crate::block::{slice, Assembled, BlockError, BlockValue, Representation};
@@ -257,7 +257,7 @@ impl Channel {
             return Err(bad("no topic: POST /ps/{topic}"));
         }
         let full = format!("{}{}", id.mountpoint, topic);
-        if validate_topic_name(&full, self.broker.config().max_topic_levels).is_err() {
+        if self.broker.check_topic_name(&full).is_err() {
             return Err(bad("invalid topic name"));
         }
         if !self.broker.authorize(&id.client, Action::Publish, &full) {
@@ -325,7 +325,7 @@ impl Channel {
             return Err(bad("no topic filter: GET /ps/{filter}"));
         }
         let full = format!("{}{}", id.mountpoint, topic);
-        let plain: Arc<str> = match parse_filter(&full, self.broker.config().max_topic_levels) {
+        let plain: Arc<str> = match self.broker.check_filter(&full) {
             Ok(p) => p.filter.into(),
             Err(_) => return Err(bad("invalid topic filter")),
         };
@@ -424,7 +424,7 @@ impl Channel {
             return Err(bad("GET without Observe reads one topic name"));
         }
         let full = format!("{}{}", id.mountpoint, topic);
-        if validate_topic_name(&full, self.broker.config().max_topic_levels).is_err() {
+        if self.broker.check_topic_name(&full).is_err() {
             return Err(bad("invalid topic name"));
         }
         if !self.broker.authorize(&id.client, Action::Subscribe, &full) {

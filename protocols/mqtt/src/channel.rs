@@ -687,12 +687,7 @@ impl Channel {
         // The will (§3.1.2.5): its topic must be a valid name.
         let mut will = None;
         if let Some(w) = &connect.will {
-            if tributary_core::topic::validate_topic_name(
-                &w.topic,
-                self.broker.config().max_topic_levels,
-            )
-            .is_err()
-            {
+            if self.broker.check_topic_name(&w.topic).is_err() {
                 return self.refuse_connect(rc::TOPIC_NAME_INVALID, "invalid will topic");
             }
             if w.qos > cfg.max_qos {
@@ -1020,7 +1015,6 @@ impl Channel {
             .metrics()
             .message_in("mqtt", core_qos(publish.qos));
         let v5 = self.version.is_v5();
-        let max_levels = self.broker.config().max_topic_levels;
         if !publish.properties.subscription_identifiers.is_empty() {
             return self.violation(
                 rc::PROTOCOL_ERROR,
@@ -1059,7 +1053,7 @@ impl Channel {
             }
             None => publish.topic.as_str().into(),
         };
-        if tributary_core::topic::validate_topic_name(&topic, max_levels).is_err() {
+        if self.broker.check_topic_name(&topic).is_err() {
             return self.violation(rc::TOPIC_NAME_INVALID, "invalid topic name [MQTT-3.3.2-2]");
         }
         let Some(handle) = self.handle.clone() else {
@@ -1266,7 +1260,6 @@ impl Channel {
             return;
         };
         let client = conn.client.clone();
-        let max_levels = self.broker.config().max_topic_levels;
         let subscription_id = subscribe
             .properties
             .subscription_identifiers
@@ -1284,7 +1277,7 @@ impl Channel {
                     .collect()
             });
         for (raw, opts) in &subscribe.filters {
-            let parsed = match tributary_core::topic::parse_filter(raw, max_levels) {
+            let parsed = match self.broker.check_filter(raw) {
                 Ok(p) => p,
                 Err(_) => {
                     reasons.push(if v5 {

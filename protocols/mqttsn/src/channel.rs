@@ -49,7 +49,7 @@ use bytes::Bytes;
 use tracing::{debug, info};
 use tributary_core::auth::{Action, AuthCheck, AuthFuture, AuthOutcome};
 use tributary_core::session::IncomingQos2;
-use tributary_core::topic::{has_wildcard, parse_filter, validate_topic_name};
+use tributary_core::topic::has_wildcard;
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, Message, Outgoing, Resend,
     SessionHandle, SessionRequest, SubOptions, Will,
@@ -585,7 +585,7 @@ impl Channel {
 
     fn core_will(&self, client: &ClientInfo, w: &WillTopic, payload: Bytes) -> Option<Will> {
         let topic = self.config.mount(&w.topic);
-        validate_topic_name(&topic, self.broker.config().max_topic_levels).ok()?;
+        self.broker.check_topic_name(&topic).ok()?;
         if !self.broker.authorize(client, Action::Publish, &topic) {
             return None;
         }
@@ -780,8 +780,7 @@ impl Channel {
 impl Channel {
     fn handle_register(&mut self, msg_id: u16, name: &str) {
         let full = self.config.mount(name);
-        let valid = !name.is_empty()
-            && validate_topic_name(&full, self.broker.config().max_topic_levels).is_ok();
+        let valid = !name.is_empty() && self.broker.check_topic_name(&full).is_ok();
         let (topic_id, code) = if !valid {
             (0, ReturnCode::NotSupported)
         } else {
@@ -819,7 +818,7 @@ impl Channel {
             return;
         };
         let topic = self.config.mount(&name);
-        if validate_topic_name(&topic, self.broker.config().max_topic_levels).is_err() {
+        if self.broker.check_topic_name(&topic).is_err() {
             self.output.push(reject(ReturnCode::NotSupported));
             return;
         }
@@ -913,7 +912,7 @@ impl Channel {
                 .push(suback(s.qos, 0, ReturnCode::InvalidTopicId));
             return;
         };
-        let allowed = match parse_filter(&filter, self.broker.config().max_topic_levels) {
+        let allowed = match self.broker.check_filter(&filter) {
             Ok(parsed) => self
                 .broker
                 .authorize(&client, Action::Subscribe, parsed.filter),

@@ -51,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 use tributary_core::auth::{Action, AuthCheck, AuthFuture, AuthOutcome};
-use tributary_core::topic::{matches, parse_filter, validate_topic_name};
+use tributary_core::topic::matches;
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, Message, MessageProperties,
     Outgoing, QoS, Resend, SessionHandle, SessionRequest, SubOptions,
@@ -773,7 +773,7 @@ impl Channel {
             return false;
         };
         let topic = format!("{}{destination}", self.config.mountpoint);
-        if validate_topic_name(&topic, self.broker.config().max_topic_levels).is_err() {
+        if self.broker.check_topic_name(&topic).is_err() {
             self.violation(
                 "invalid destination",
                 format!("{destination:?} is not a valid topic name (no wildcards)"),
@@ -851,8 +851,7 @@ impl Channel {
             }
         };
         let filter = mount_filter(&self.config.mountpoint, destination);
-        let max_levels = self.broker.config().max_topic_levels;
-        let plain = match parse_filter(&filter, max_levels) {
+        let plain = match self.broker.check_filter(&filter) {
             Ok(p) => p.filter.to_owned(),
             Err(e) => {
                 return self.violation(
