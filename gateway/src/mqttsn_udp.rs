@@ -28,7 +28,7 @@ use tributary_mqttsn::gateway::{
 };
 use tributary_mqttsn::packet::{Encapsulated, Packet, ReturnCode};
 
-use crate::mqtt_tcp::now;
+use crate::mqtt_tcp::{now, sleep_until};
 
 /// Messages queued for one client before further datagrams are dropped.
 const CLIENT_INBOX: usize = 64;
@@ -285,12 +285,7 @@ async fn client_task(
                     pending_auth = None;
                     channel.handle_auth_result(outcome, now());
                 }
-                _ = async {
-                    match deadline {
-                        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                        None => std::future::pending().await,
-                    }
-                } => channel.handle_timeout(now()),
+                _ = sleep_until(deadline) => channel.handle_timeout(now()),
                 _ = shutdown.changed() => channel.shutdown(),
             }
             if !channel.is_authenticating() {
@@ -310,12 +305,7 @@ async fn client_task(
             _ = async { match &wake { Some(s) => s.notified().await, None => std::future::pending().await } } => {
                 channel.handle_wake(now());
             }
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                    None => std::future::pending().await,
-                }
-            } => channel.handle_timeout(now()),
+            _ = sleep_until(deadline) => channel.handle_timeout(now()),
             _ = shutdown.changed() => channel.shutdown(),
         }
     }

@@ -363,6 +363,14 @@ pub async fn start(
     let s = &config.stomp;
     let channel = crate::wiring::stomp_channel(config);
     let slots = (s.max_connections as usize).min(config.limits.max_connections as usize);
+    let context = |tls| StompContext {
+        broker: broker.clone(),
+        channel: channel.clone(),
+        shutdown: shutdown.clone(),
+        slots: Arc::new(Semaphore::new(slots)),
+        nodelay: true,
+        tls,
+    };
     let mut tcp = None;
     if s.enabled {
         let listener = TcpListener::bind(s.bind)
@@ -371,15 +379,7 @@ pub async fn start(
         let addr = listener.local_addr()?;
         info!(listener = "tcp:stomp", %addr, "STOMP listener started");
         tcp = Some(addr);
-        let ctx = StompContext {
-            broker: broker.clone(),
-            channel: channel.clone(),
-            shutdown: shutdown.clone(),
-            slots: Arc::new(Semaphore::new(slots)),
-            nodelay: true,
-            tls: None,
-        };
-        tasks.spawn(accept_loop(listener, ctx));
+        tasks.spawn(accept_loop(listener, context(None)));
     }
     let mut ssl = None;
     if s.ssl_enabled && s.ssl_options.is_configured() {
@@ -393,15 +393,7 @@ pub async fn start(
         info!(listener = "ssl:stomp", %addr, "STOMP over TLS started");
         ssl = Some((addr, tls.describe()));
         tasks.spawn(crate::tls::reloader(vec![tls.clone()], shutdown.clone()));
-        let ctx = StompContext {
-            broker: broker.clone(),
-            channel: channel.clone(),
-            shutdown: shutdown.clone(),
-            slots: Arc::new(Semaphore::new(slots)),
-            nodelay: true,
-            tls: Some(tls),
-        };
-        tasks.spawn(accept_loop(listener, ctx));
+        tasks.spawn(accept_loop(listener, context(Some(tls))));
     }
     let mut http = None;
     if s.ws_enabled {

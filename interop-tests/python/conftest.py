@@ -187,3 +187,24 @@ def raw():
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A throw-away CA (sec.Pki) with a server certificate for localhost and
+    127.0.0.1 in `pki.server` (certfile, keyfile)."""
+    from sec import Pki
+
+    ca = Pki(tmp_path / "ca")
+    ca.server = ca.issue("localhost", server=True, stem="server")
+    return ca
+
+
+@pytest.fixture
+def gated_auth():
+    """sec.GatedAuthServer: an HTTP authentication backend whose 'gated' answers wait for `.gate`."""
+    from sec import GatedAuthServer
+
+    s = GatedAuthServer()
+    yield s
+    s.close()

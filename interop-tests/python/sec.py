@@ -167,14 +167,27 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
             time.sleep(0.02)
 
 
-class GatedAuthServer:
-    """An HTTP authentication backend (POST /auth): 'good'/'pw' and 'gated'/'pw' are
-    allowed, anything else denied; a request whose username or client id is 'gated'
-    waits for `gate` first. Client ids ending in '-ok' are allowed (MQTT-SN clients
-    send no user name)."""
+def ssl_options(table: str, certfile: str, keyfile: str, extra: str = "") -> str:
+    """A TOML `ssl_options` table for a test certificate (no periodic reload)."""
+    return f"""
+[{table}]
+certfile = "{certfile}"
+keyfile = "{keyfile}"
+reload_interval = "0s"
+{extra}
+"""
 
-    def __init__(self):
+
+class AuthServer:
+    """A small HTTP authentication backend (POST /auth): `decide(body)` returns
+    the JSON `result` ("allow", "deny", "ignore") or an HTTP status to answer
+    with instead. A request whose username or client id is "gated" or "slow"
+    first waits for `gate` (at most `gate_wait` seconds). Every request body is
+    kept in `requests`, with the path and X-Token header in `meta`."""
+
+    def __init__(self, decide, gate_wait: float = 10.0):
         self.requests: list[dict] = []
+        self.meta: list[dict] = []
         self.gate = threading.Event()
         outer = self
 
@@ -185,11 +198,14 @@ class GatedAuthServer:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests.append(body)
-                user, pw, cid = body.get("username"), body.get("password"), body.get("clientid") or ""
-                if "gated" in (user, cid):
-                    outer.gate.wait(10)
-                ok = (user, pw) in (("good", "pw"), ("gated", "pw")) or cid.endswith("-ok") or cid == "gated"
-                result = "allow" if ok else "deny"
+                outer.meta.append({"path": self.path, "token": self.headers.get("X-Token")})
+                if {"gated", "slow"} & {body.get("username"), body.get("clientid")}:
+                    outer.gate.wait(gate_wait)
+                result = decide(body)
+                if isinstance(result, int):
+                    self.send_response(result)
+                    self.end_headers()
+                    return
                 data = json.dumps({"result": result}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -206,3 +222,18 @@ class GatedAuthServer:
         self.gate.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def _gated_decision(body: dict) -> str:
+    user, pw, cid = body.get("username"), body.get("password"), body.get("clientid") or ""
+    ok = (user, pw) in (("good", "pw"), ("gated", "pw")) or cid.endswith("-ok") or cid == "gated"
+    return "allow" if ok else "deny"
+
+
+class GatedAuthServer(AuthServer):
+    """'good'/'pw' and 'gated'/'pw' allowed, anything else denied; client ids
+    ending in '-ok' (and 'gated') allowed too, as MQTT-SN clients send no
+    user name. 'gated' waits for `gate`."""
+
+    def __init__(self):
+        super().__init__(_gated_decision)

@@ -17,7 +17,6 @@ import os
 import subprocess
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -26,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 import rawmqtt
 from clients import V5, V311, Client
 from conftest import BIN
-from sec import free_port, rsa_keypair
+from sec import AuthServer, free_port, rsa_keypair
 
 # CONNACK codes as paho 2 reports them: it maps the 3.1.1 return codes 4 and 5
 # to the MQTT 5 reason codes 0x86 and 0x87 (test_v3_return_codes_on_the_wire
@@ -217,57 +216,24 @@ verify_claims = {{ username = "${{username}}" }}
 
 # ------------------------------------------------------------ HTTP backend
 
-class AuthServer:
-    """POST /auth: allow user 'good' with password 'pw', deny 'bad', ignore others; 'slow' waits
-    for `gate` (at most 3 s) and is then allowed with password 'pw'."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.gate = threading.Event()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append({"path": self.path, "body": body, "token": self.headers.get("X-Token")})
-                if body.get("username") == "slow":
-                    # Held until the test opens the gate (or 3 s), then allowed:
-                    # a client refused for "slow" was refused by the timeout.
-                    outer.gate.wait(3)
-                if body.get("username") in ("good", "slow") and body.get("password") == "pw":
-                    result = "allow"
-                elif body.get("username") == "bad":
-                    result = "deny"
-                elif body.get("username") == "broken":
-                    self.send_response(500)
-                    self.end_headers()
-                    return
-                else:
-                    result = "ignore"
-                data = json.dumps({"result": result}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
+def decide(body: dict):
+    """Allow user 'good' (and 'slow', once its gate opens or 3 s pass) with password 'pw',
+    deny 'bad', answer 500 for 'broken', ignore others."""
+    user = body.get("username")
+    if user in ("good", "slow") and body.get("password") == "pw":
+        return "allow"
+    if user == "bad":
+        return "deny"
+    if user == "broken":
+        return 500
+    return "ignore"
 
 
 @pytest.fixture
 def auth_server():
-    s = AuthServer()
+    # "slow" is held at most 3 s, then allowed: a client refused for it was
+    # refused by the gateway's 1 s timeout.
+    s = AuthServer(decide, gate_wait=3)
     yield s
     s.close()
 
@@ -281,9 +247,8 @@ timeout = "1s"
 headers = {{ X-Token = "t0k" }}
 """)
     assert connect(broker.port, "h1", V5, "good", "pw") == 0
-    req = auth_server.requests[0]
-    assert req["path"] == "/auth" and req["token"] == "t0k"
-    assert req["body"] == {"clientid": "h1", "username": "good", "password": "pw", "peerhost": "127.0.0.1"}
+    assert auth_server.meta[0] == {"path": "/auth", "token": "t0k"}
+    assert auth_server.requests[0] == {"clientid": "h1", "username": "good", "password": "pw", "peerhost": "127.0.0.1"}
     assert connect(broker.port, "h2", V5, "bad", "pw") == BAD_CREDENTIALS[V5]
     # ignore / HTTP 500 / timeout: no opinion, and anonymous access is off with a backend.
     assert connect(broker.port, "h3", V311, "stranger", "pw") == BAD_CREDENTIALS[V311]
@@ -310,7 +275,7 @@ timeout = "5s"
     result = {}
     t = threading.Thread(target=lambda: result.setdefault("rc", connect(broker.port, "s1", V311, "slow", "x")))
     t.start()
-    while not any(r["body"].get("username") == "slow" for r in auth_server.requests):
+    while not any(r.get("username") == "slow" for r in auth_server.requests):
         time.sleep(0.02)
     c = client(broker.port, "quick")
     c.connect()  # anonymous, answered while the slow one is still held by the backend

@@ -14,13 +14,6 @@ from mqttsn_support import ACCEPTED, NOT_SUPPORTED, SnRaw, sn, start_sn  # noqa:
 from sec import GatedAuthServer
 
 
-@pytest.fixture
-def gated_auth():
-    s = GatedAuthServer()
-    yield s
-    s.close()
-
-
 def http_backend(server: GatedAuthServer) -> str:
     return f"""
 [authentication.http]

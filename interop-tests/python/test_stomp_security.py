@@ -12,33 +12,16 @@ import pytest
 import rawmqtt
 import stomp
 from clients import V5
-from sec import GatedAuthServer, Pki, free_port
+from sec import free_port, ssl_options
 from stomp_support import Collector, RawStomp, connect, wait_port
 
-STOMP_TLS = """
-[stomp]
-ssl_bind = "127.0.0.1:{ssl}"
-
-[stomp.ssl_options]
-certfile = "{certfile}"
-keyfile = "{keyfile}"
-reload_interval = "0s"
-{extra}
-"""
-
-
-@pytest.fixture
-def pki(tmp_path):
-    ca = Pki(tmp_path / "ca")
-    ca.server = ca.issue("localhost", server=True, stem="server")
-    return ca
 
 
 def start_stomp_tls(start_broker, pki, extra="", more=""):
     tcp, ssl = free_port(), free_port()
-    b = start_broker(env={"TRIBUTARY_STOMP__BIND": f"127.0.0.1:{tcp}"},
-                     config=STOMP_TLS.format(ssl=ssl, certfile=pki.server[0], keyfile=pki.server[1],
-                                             extra=extra) + more)
+    config = (f'[stomp]\nssl_bind = "127.0.0.1:{ssl}"\n'
+              + ssl_options("stomp.ssl_options", *pki.server, extra) + more)
+    b = start_broker(env={"TRIBUTARY_STOMP__BIND": f"127.0.0.1:{tcp}"}, config=config)
     wait_port(ssl)
     wait_port(tcp)
     b.stomp_port, b.ssl_port = tcp, ssl
@@ -108,13 +91,6 @@ topics = ["users/%u/#"]
     assert (f.headers["destination"], f.body) == ("users/sensor-9/t", "mine")
     conn.send(destination="users/mallory/t", body="not mine")
     assert l.error().headers["message"] == "not authorized"
-
-
-@pytest.fixture
-def gated_auth():
-    s = GatedAuthServer()
-    yield s
-    s.close()
 
 
 def stomp_connect_frame(login: str, passcode: str) -> bytes:
