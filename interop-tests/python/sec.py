@@ -15,6 +15,7 @@ import datetime
 import ipaddress
 import json
 import socket
+import ssl
 import threading
 import urllib.error
 import urllib.request
@@ -185,7 +186,7 @@ class AuthServer:
     first waits for `gate` (at most `gate_wait` seconds). Every request body is
     kept in `requests`, with the path and X-Token header in `meta`."""
 
-    def __init__(self, decide, gate_wait: float = 10.0):
+    def __init__(self, decide, gate_wait: float = 10.0, tls: tuple[str, str] | None = None):
         self.requests: list[dict] = []
         self.meta: list[dict] = []
         self.gate = threading.Event()
@@ -215,6 +216,10 @@ class AuthServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        if tls is not None:  # HTTPS with (certfile, keyfile)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 import rawmqtt
 from clients import V5, V311, Client
 from conftest import BIN
-from sec import AuthServer, free_port, rsa_keypair
+from sec import AuthServer, Pki, free_port, rsa_keypair
 
 # CONNACK codes as paho 2 reports them: it maps the 3.1.1 return codes 4 and 5
 # to the MQTT 5 reason codes 0x86 and 0x87 (test_v3_return_codes_on_the_wire
@@ -260,6 +260,36 @@ headers = {{ X-Token = "t0k" }}
     assert connect(broker.port, "h1", V5, "good", "pw") == 0
     assert connect(broker.port, "h2", V5, "bad", "pw") == BAD_CREDENTIALS[V5]
     assert len(auth_server.requests) == before
+
+
+def test_http_backend_over_https(start_broker, pki, tmp_path):
+    server = AuthServer(decide, tls=pki.server)
+    try:
+        def start(cacertfile):
+            return start_broker(config=f"""
+[authentication.http]
+enabled = true
+url = "https://localhost:{server.port}/auth"
+cacertfile = "{cacertfile}"
+timeout = "2s"
+""")
+        broker = start(pki.ca_file)
+        assert connect(broker.port, "s1", V5, "good", "pw") == 0
+        assert connect(broker.port, "s2", V5, "bad", "pw") == BAD_CREDENTIALS[V5]
+        assert [r["username"] for r in server.requests] == ["good", "bad"]
+        # A server certificate from a CA we do not trust: no answer counts, refused.
+        other = Pki(tmp_path / "other", "Other CA")
+        untrusting = start(other.ca_file)
+        assert connect(untrusting.port, "s3", V5, "good", "pw") == BAD_CREDENTIALS[V5]
+        assert len(server.requests) == 2
+    finally:
+        server.close()
+    # A CA file that does not exist stops start-up, naming the key.
+    cfg = tmp_path / "bad-ca.toml"
+    cfg.write_text('[authentication.http]\nenabled = true\nurl = "https://localhost:1/auth"\n'
+                   f'cacertfile = "{tmp_path / "missing.pem"}"\n')
+    r = subprocess.run([str(BIN), "--config", str(cfg), "check-config"], capture_output=True, text=True)
+    assert r.returncode != 0 and "authentication.http.cacertfile" in r.stderr, r.stderr
 
 
 def test_http_backend_does_not_block_other_clients(start_broker, auth_server, client):
