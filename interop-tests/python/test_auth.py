@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import threading
+import signal
 import time
 
 import pytest
@@ -413,6 +414,45 @@ def test_acl_file_both_directions(start_broker, tmp_path, client, version):
     # Delivery to the device on its allowed down-topic.
     admin.publish("devices/d1/down", b"cmd", qos=1)
     assert dev.expect().payload == b"cmd"
+
+
+def test_acl_file_is_reloaded_on_change_and_sighup(start_broker, tmp_path, client):
+    acl = tmp_path / "acl.conf"
+    acl.write_text('{allow, all, subscribe, ["#"]}.\n{deny, all, publish, ["news/#"]}.\n{allow, all}.\n')
+    broker = start_broker(config=f'[authorization]\nfile = "{acl}"\n')
+    sub = client(broker.port, "acl-sub", V5)
+    sub.connect()
+    sub.subscribe("news/#", 1)
+    pub = client(broker.port, "acl-pub", V5)
+    pub.connect()
+
+    def allowed() -> bool:
+        pub.publish("news/today", b"probe", qos=1)
+        try:
+            sub.expect(timeout=0.3)
+            return True
+        except AssertionError:
+            return False
+
+    assert not allowed()
+    # A change to the file is picked up without a restart (polled every 2 s).
+    acl.write_text('{allow, all}.\n')
+    deadline = time.monotonic() + 10
+    while not allowed():
+        assert time.monotonic() < deadline, "ACL file change not picked up"
+    # A malformed file keeps the rules in force.
+    acl.write_text('{allow, all, publish\n')
+    deadline = time.monotonic() + 10
+    while "ACL file not reloaded" not in broker.output():
+        assert time.monotonic() < deadline, "malformed ACL file not reported"
+        time.sleep(0.1)
+    assert allowed()
+    # SIGHUP re-reads at once.
+    acl.write_text('{deny, all, publish, ["news/#"]}.\n{allow, all}.\n')
+    broker.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while allowed():
+        assert time.monotonic() < deadline, "ACL not reloaded on SIGHUP"
 
 
 def test_denied_publish_gets_0x87_on_mqtt5(start_broker, raw):
