@@ -190,16 +190,16 @@ start_broker() {
   : >"$tmp/broker.log"
   case "$name" in
     tributary)
-      TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND="127.0.0.1:$port" \
-      TRIBUTARY__LOG__LEVEL=warn \
-      TRIBUTARY__NODE__SYS_INTERVAL=0s \
-      TRIBUTARY__MQTT__MAX_MQUEUE_LEN="$QUEUE" \
-      TRIBUTARY__MQTT__MAX_INFLIGHT="$INFLIGHT" \
-      TRIBUTARY__MQTTSN__BIND=127.0.0.1:0 \
-      TRIBUTARY__COAP__BIND=127.0.0.1:0 \
-      TRIBUTARY__STOMP__BIND=127.0.0.1:0 \
-      TRIBUTARY__STOMP__WS_BIND=127.0.0.1:0 \
-      TRIBUTARY__STORAGE__BACKEND="${TRIBUTARY_STORAGE:-memory}" \
+      TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND="127.0.0.1:$port" \
+      TRIBUTARY_LOG__LEVEL=warn \
+      TRIBUTARY_NODE__SYS_INTERVAL=0s \
+      TRIBUTARY_MQTT__MAX_MQUEUE_LEN="$QUEUE" \
+      TRIBUTARY_MQTT__MAX_INFLIGHT="$INFLIGHT" \
+      TRIBUTARY_MQTTSN__BIND=127.0.0.1:0 \
+      TRIBUTARY_COAP__BIND=127.0.0.1:0 \
+      TRIBUTARY_STOMP__BIND=127.0.0.1:0 \
+      TRIBUTARY_STOMP__WS_BIND=127.0.0.1:0 \
+      TRIBUTARY_STORAGE__BACKEND="${STORAGE:-memory}" \
       NO_COLOR=1 \
         "${pin_broker[@]}" "$tributary_bin" >>"$tmp/broker.log" 2>&1 &
       ;;

@@ -32,18 +32,18 @@ run_mode() { # mode round
   local mode=$1 backend=fjall durability=$1
   if [ "$mode" = memory ]; then backend=memory; durability=fsync; fi
   local data="$scratch/data-$mode-$2"
-  TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND="127.0.0.1:$port" \
-  TRIBUTARY__LISTENERS__WS__DEFAULT__BIND=127.0.0.1:0 \
-  TRIBUTARY__API__BIND=127.0.0.1:0 \
-  TRIBUTARY__LOG__LEVEL=warn \
-  TRIBUTARY__NODE__SYS_INTERVAL=0s \
-  TRIBUTARY__MQTTSN__BIND=127.0.0.1:0 \
-  TRIBUTARY__COAP__BIND=127.0.0.1:0 \
-  TRIBUTARY__STOMP__BIND=127.0.0.1:0 \
-  TRIBUTARY__STOMP__WS_BIND=127.0.0.1:0 \
-  TRIBUTARY__STORAGE__BACKEND=$backend \
-  TRIBUTARY__STORAGE__DATA_DIR="$data" \
-  TRIBUTARY__STORAGE__DURABILITY=$durability \
+  TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND="127.0.0.1:$port" \
+  TRIBUTARY_LISTENERS__WS__DEFAULT__BIND=127.0.0.1:0 \
+  TRIBUTARY_API__BIND=127.0.0.1:0 \
+  TRIBUTARY_LOG__LEVEL=warn \
+  TRIBUTARY_NODE__SYS_INTERVAL=0s \
+  TRIBUTARY_MQTTSN__BIND=127.0.0.1:0 \
+  TRIBUTARY_COAP__BIND=127.0.0.1:0 \
+  TRIBUTARY_STOMP__BIND=127.0.0.1:0 \
+  TRIBUTARY_STOMP__WS_BIND=127.0.0.1:0 \
+  TRIBUTARY_STORAGE__BACKEND=$backend \
+  TRIBUTARY_STORAGE__DATA_DIR="$data" \
+  TRIBUTARY_STORAGE__DURABILITY=$durability \
   NO_COLOR=1 \
     "${pin_broker[@]}" "$tributary_bin" >>"$scratch/broker.log" 2>&1 &
   local pid=$!

@@ -22,7 +22,7 @@ cargo bench --workspace --no-run --locked
 
 step "build the gateway"
 cargo build --locked -p tributary
-export TRIBUTARY_BIN="$root/target/debug/tributary"
+export GATEWAY_BIN="$root/target/debug/tributary"
 
 step "CoAP interop client (libcoap)"
 if ! command -v coap-client-notls >/dev/null 2>&1; then

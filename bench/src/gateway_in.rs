@@ -239,7 +239,7 @@ pub fn predefined_topic(index: usize) -> String {
     format!("bench/sn/{index}")
 }
 
-/// The value of `TRIBUTARY__MQTTSN__PREDEFINED` (TOML, as the gateway
+/// The value of `TRIBUTARY_MQTTSN__PREDEFINED` (TOML, as the gateway
 /// reads environment overrides) that defines the ids a predefined-id run
 /// uses: `[{id=1,topic="bench/sn/0"},...]`.
 pub fn predefined_env(base: u16, publishers: usize) -> String {
@@ -387,7 +387,7 @@ pub async fn run_ingress(opts: &IngressOptions) -> anyhow::Result<BenchResult> {
     } = ingress
     {
         eprintln!(
-            "mqttsn-in: predefined topic ids {predefined_base}..={} must be configured in the gateway, e.g.\n  TRIBUTARY__MQTTSN__PREDEFINED='{}'",
+            "mqttsn-in: predefined topic ids {predefined_base}..={} must be configured in the gateway, e.g.\n  TRIBUTARY_MQTTSN__PREDEFINED='{}'",
             usize::from(predefined_base) + n_pubs - 1,
             predefined_env(predefined_base, n_pubs)
         );

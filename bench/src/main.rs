@@ -106,7 +106,7 @@ enum Command {
         /// bench/sn/{i}.
         #[arg(long, default_value_t = 1)]
         predefined_base: u16,
-        /// Print the TRIBUTARY__MQTTSN__PREDEFINED setting the predefined
+        /// Print the TRIBUTARY_MQTTSN__PREDEFINED setting the predefined
         /// ids need (for --publishers and --predefined-base) and exit.
         #[arg(long)]
         print_predefined: bool,
@@ -390,7 +390,7 @@ fn main() -> ExitCode {
     } = &cli.command
     {
         println!(
-            "TRIBUTARY__MQTTSN__PREDEFINED='{}'",
+            "TRIBUTARY_MQTTSN__PREDEFINED='{}'",
             predefined_env(*predefined_base, *publishers)
         );
         return ExitCode::SUCCESS;

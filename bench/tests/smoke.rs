@@ -5,7 +5,7 @@
 //! subscribers) at a low fixed rate. No timing threshold: CI machines are
 //! noisy.
 //!
-//! The binary is located like the interop tests do (`TRIBUTARY_BIN`, else
+//! The binary is located like the interop tests do (`GATEWAY_BIN`, else
 //! `target/debug/tributary`); build it first (`cargo build -p tributary`).
 
 use std::time::Duration;
@@ -129,7 +129,7 @@ fn mqttsn_in_qos1_registered_topics() {
         topics: TopicKind::Normal,
         predefined_base: 1,
     };
-    smoke_ingress(ingress, "TRIBUTARY__MQTTSN__BIND");
+    smoke_ingress(ingress, "TRIBUTARY_MQTTSN__BIND");
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn mqttsn_in_qos_minus_one_short_topics() {
         topics: TopicKind::Short,
         predefined_base: 1,
     };
-    smoke_ingress(ingress, "TRIBUTARY__MQTTSN__BIND");
+    smoke_ingress(ingress, "TRIBUTARY_MQTTSN__BIND");
 }
 
 #[test]
@@ -150,5 +150,5 @@ fn coap_in_con() {
         qos: None,
         no_response: false,
     };
-    smoke_ingress(ingress, "TRIBUTARY__COAP__BIND");
+    smoke_ingress(ingress, "TRIBUTARY_COAP__BIND");
 }

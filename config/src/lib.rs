@@ -24,7 +24,7 @@
 //! - [`sections`]: one struct per TOML table (`[node]`, `[mqtt]`, `[listeners.tcp.<name>]`, …)
 //!   with its defaults; re-exported at the crate root.
 //! - [`duration`]: the `"10s"` / `"500ms"` duration format and its serde glue.
-//! - `load`: TOML text → environment overrides (`TRIBUTARY__SECTION__KEY`) →
+//! - `load`: TOML text → environment overrides (`TRIBUTARY_SECTION__KEY`) →
 //!   typed config, collecting every unknown key and type error with its path;
 //!   [`ConfigError`] and [`ConfigProblem`].
 //! - `validate`: ranges and cross-field rules ([`Config::validate`]).

@@ -238,7 +238,7 @@ pub(crate) fn default_wss() -> BTreeMap<String, WssListener> {
     BTreeMap::from([("default".to_owned(), WssListener::default())])
 }
 
-fn check_tls(prefix: &str, t: &TlsOptions, out: &mut Vec<ConfigProblem>) {
+pub(crate) fn check_tls(prefix: &str, t: &TlsOptions, out: &mut Vec<ConfigProblem>) {
     let mut push = |k: &str, m: String| out.push(ConfigProblem::new(format!("{prefix}.{k}"), m));
     if t.is_configured() && t.keyfile.trim().is_empty() {
         push("keyfile", "must be set when certfile is set".to_owned());

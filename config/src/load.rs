@@ -4,7 +4,7 @@
 //! edits and every error can be named by its dotted key path:
 //!
 //! ```text
-//!  text ──parse──▶ toml::Value ──TRIBUTARY__A__B=v──▶ toml::Value ──serde_path_to_error──▶ Config ──validate──▶ Ok
+//!  text ──parse──▶ toml::Value ──TRIBUTARY_A__B=v────▶ toml::Value ──serde_path_to_error──▶ Config ──validate──▶ Ok
 //!   │ syntax error      │ bad variable name                │ unknown key / wrong type        │ range, cross-field
 //!   ▼                   ▼                                  ▼                                 ▼
 //!                     ConfigError::Invalid(every problem found, one per line)
@@ -26,7 +26,7 @@ use toml::Value;
 use crate::Config;
 
 /// Prefix of environment variables that override configuration keys.
-pub const ENV_PREFIX: &str = "TRIBUTARY__";
+pub const ENV_PREFIX: &str = "TRIBUTARY_";
 
 /// Deserialization rounds before giving up (each round removes one bad key, so this only bounds pathological files).
 const MAX_ROUNDS: usize = 256;
@@ -126,18 +126,19 @@ impl Config {
         build(&text, env, problems)
     }
 
-    /// Apply overrides from environment variables `TRIBUTARY__SECTION__KEY=value`, then
+    /// Apply overrides from environment variables `TRIBUTARY_SECTION__KEY=value`, then
     /// deserialize and validate.
     ///
     /// Double underscores separate levels and keys are lowercased:
-    /// `TRIBUTARY__MQTT__MAX_PACKET_SIZE=2048`,
-    /// `TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND=0.0.0.0:11883`. A numeric level
-    /// indexes an existing array (`TRIBUTARY__AUTHORIZATION__RULES__0__PERMISSION=deny`).
+    /// `TRIBUTARY_MQTT__MAX_PACKET_SIZE=2048`,
+    /// `TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND=0.0.0.0:11883`. A numeric level
+    /// indexes an existing array (`TRIBUTARY_AUTHORIZATION__RULES__0__PERMISSION=deny`).
     /// Values are read as TOML (`2048`, `true`, `1.5`, `["a/#"]`) when they parse,
     /// otherwise as strings; where the default value of the key is a string
     /// (names, durations, addresses, enums) the raw text is always a string.
     /// Variables without the prefix are ignored, so the whole process environment
-    /// may be passed. Overrides are applied in variable-name order.
+    /// may be passed; a `TRIBUTARY_*` variable that names no configuration key is
+    /// an error. Overrides are applied in variable-name order.
     pub fn from_toml_str_with_env(
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
@@ -178,7 +179,7 @@ fn build(
         if let Some((_, var)) = origins
             .iter()
             .rev()
-            .find(|(path, _)| is_under(&problem.key, path))
+            .find(|(path, _)| is_under(&problem.key, path) || is_under(path, &problem.key))
         {
             problem.message = format!("{} (set by environment variable {var})", problem.message);
         }
@@ -218,16 +219,26 @@ fn apply_override(
     var: &str,
     raw: &str,
 ) -> Result<String, ConfigProblem> {
-    let levels: Vec<String> = var
-        .strip_prefix(ENV_PREFIX)
-        .unwrap_or(var)
-        .split("__")
-        .map(str::to_ascii_lowercase)
-        .collect();
+    let rest = var.strip_prefix(ENV_PREFIX).unwrap_or(var);
+    if rest.starts_with('_') {
+        return Err(ConfigProblem::new(
+            var,
+            "not a configuration key: the prefix is `TRIBUTARY_` with one underscore \
+             (TRIBUTARY_SECTION__KEY, e.g. TRIBUTARY_MQTT__MAX_PACKET_SIZE)",
+        ));
+    }
+    let levels: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+    if levels.len() < 2 {
+        return Err(ConfigProblem::new(
+            var,
+            "not a configuration key: every TRIBUTARY_* variable must name one, as \
+             TRIBUTARY_SECTION__KEY with levels separated by `__`",
+        ));
+    }
     if levels.iter().any(String::is_empty) {
         return Err(ConfigProblem::new(
             var,
-            "empty key level; expected TRIBUTARY__SECTION__KEY with levels separated by `__`",
+            "empty key level; expected TRIBUTARY_SECTION__KEY with levels separated by `__`",
         ));
     }
 

@@ -149,8 +149,12 @@ impl Default for JwtAuth {
 pub struct HttpAuth {
     /// Whether this backend is in the chain. Default false.
     pub enabled: bool,
-    /// `http://host:port/path` the JSON body is POSTed to. Required when enabled. Default `""`.
+    /// `http://host:port/path` or `https://…` the JSON body is POSTed to. Required when
+    /// enabled. Default `""`.
     pub url: String,
+    /// PEM bundle of CAs an `https://` server's certificate must chain to; `""` = the
+    /// system bundle (`/etc/ssl/certs/ca-certificates.crt`). Default `""`.
+    pub cacertfile: String,
     /// A request that has not answered within this counts as `ignore`. Non-zero. Default 5 s.
     #[serde(with = "duration")]
     pub timeout: Duration,
@@ -172,6 +176,7 @@ impl Default for HttpAuth {
         Self {
             enabled: false,
             url: String::new(),
+            cacertfile: String::new(),
             timeout: Duration::from_secs(5),
             headers: BTreeMap::new(),
             body: BTreeMap::from(
@@ -244,10 +249,15 @@ impl AuthenticationConfig {
             }
         }
         let http = &self.http;
-        if http.enabled && !(http.url.starts_with("http://") && http.url.len() > "http://".len()) {
+        let has_host = |scheme: &str| {
+            http.url
+                .strip_prefix(scheme)
+                .is_some_and(|rest| !rest.is_empty())
+        };
+        if http.enabled && !(has_host("http://") || has_host("https://")) {
             push(
                 "http.url",
-                "must be an http:// URL when the backend is enabled",
+                "must be an http:// or https:// URL when the backend is enabled",
             );
         }
         if http.timeout.is_zero() {

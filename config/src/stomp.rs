@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::listeners::{check_tls, TlsOptions};
 use crate::{duration, sections::bind_addr, ConfigProblem};
 
 /// What happens to unacknowledged messages when a STOMP connection ends.
@@ -34,6 +35,16 @@ pub struct StompConfig {
     /// TCP address of STOMP (`"ip:port"` or a bare port). Default `0.0.0.0:61613`.
     #[serde(with = "bind_addr")]
     pub bind: SocketAddr,
+    /// Whether the STOMP-over-TLS listener is started (only when
+    /// `ssl_options.certfile` is set). Default true.
+    pub ssl_enabled: bool,
+    /// TCP address of STOMP over TLS. Default `0.0.0.0:61612`.
+    #[serde(with = "bind_addr")]
+    pub ssl_bind: SocketAddr,
+    /// Certificates and client verification of the TLS listener (as
+    /// `listeners.ssl.<name>.ssl_options`; `peer_cert_as_username = "cn"`
+    /// replaces the CONNECT's `login`).
+    pub ssl_options: TlsOptions,
     /// Whether the HTTP listener (STOMP over WebSocket at `/stomp/websocket`,
     /// SockJS at `/stomp`) is started. Default true.
     pub ws_enabled: bool,
@@ -96,6 +107,9 @@ impl Default for StompConfig {
         Self {
             enabled: true,
             bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 61613)),
+            ssl_enabled: true,
+            ssl_bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 61612)),
+            ssl_options: TlsOptions::default(),
             ws_enabled: true,
             ws_bind: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 61614)),
             max_connections: 100_000,
@@ -253,6 +267,9 @@ impl StompConfig {
                 "ws_bind",
                 format!("{} collides with stomp.bind = {}", self.ws_bind, self.bind),
             );
+        }
+        if self.ssl_enabled {
+            check_tls("stomp.ssl_options", &self.ssl_options, &mut p);
         }
         p
     }

@@ -465,17 +465,17 @@ fn env_overrides_scalars_nested_keys_and_bools() {
     let c = parse_with_env(
         "[mqtt]\nmax_packet_size = 4096\n",
         &[
-            ("TRIBUTARY__MQTT__MAX_PACKET_SIZE", "2048"),
-            ("TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND", "0.0.0.0:11883"),
-            ("TRIBUTARY__MQTT__RETAIN_AVAILABLE", "false"),
-            ("TRIBUTARY__MQTT__KEEPALIVE_MULTIPLIER", "2.5"),
-            ("TRIBUTARY__MQTT__SERVER_KEEP_ALIVE", "30"),
-            ("TRIBUTARY__MQTT__CONNECT_TIMEOUT", "3"),
-            ("TRIBUTARY__MQTT__MQUEUE_OVERFLOW", "drop_newest"),
-            ("TRIBUTARY__NODE__NAME", "123"),
-            ("TRIBUTARY__LOG__LEVEL", "debug"),
+            ("TRIBUTARY_MQTT__MAX_PACKET_SIZE", "2048"),
+            ("TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND", "0.0.0.0:11883"),
+            ("TRIBUTARY_MQTT__RETAIN_AVAILABLE", "false"),
+            ("TRIBUTARY_MQTT__KEEPALIVE_MULTIPLIER", "2.5"),
+            ("TRIBUTARY_MQTT__SERVER_KEEP_ALIVE", "30"),
+            ("TRIBUTARY_MQTT__CONNECT_TIMEOUT", "3"),
+            ("TRIBUTARY_MQTT__MQUEUE_OVERFLOW", "drop_newest"),
+            ("TRIBUTARY_NODE__NAME", "123"),
+            ("TRIBUTARY_LOG__LEVEL", "debug"),
             ("PATH", "/usr/bin"),
-            ("TRIBUTARY_NOT_OURS", "x"),
+            ("NOT_TRIBUTARY_MQTT__X", "x"),
         ],
     );
     assert_eq!(c.mqtt.max_packet_size, 2048);
@@ -493,7 +493,7 @@ fn env_overrides_scalars_nested_keys_and_bools() {
 
 #[test]
 fn env_added_listener_keeps_the_default_one() {
-    let c = parse_with_env("", &[("TRIBUTARY__LISTENERS__TCP__EXTRA__BIND", "1884")]);
+    let c = parse_with_env("", &[("TRIBUTARY_LISTENERS__TCP__EXTRA__BIND", "1884")]);
     assert_eq!(c.listeners.tcp.len(), 2);
     assert_eq!(c.listeners.tcp["extra"].bind.to_string(), "0.0.0.0:1884");
     assert_eq!(c.listeners.tcp["default"].bind.to_string(), "0.0.0.0:1883");
@@ -504,9 +504,9 @@ fn env_indexes_arrays_and_accepts_toml_arrays() {
     let c = parse_with_env(
         include_str!("../paho-conformance.toml"),
         &[
-            ("TRIBUTARY__AUTHORIZATION__RULES__0__PERMISSION", "allow"),
+            ("TRIBUTARY_AUTHORIZATION__RULES__0__PERMISSION", "allow"),
             (
-                "TRIBUTARY__AUTHORIZATION__RULES__0__TOPICS",
+                "TRIBUTARY_AUTHORIZATION__RULES__0__TOPICS",
                 r#"["a/#", "b"]"#,
             ),
         ],
@@ -520,21 +520,21 @@ fn bad_env_override_names_the_variable() {
     let p = problems_with_env(
         "",
         &[
-            ("TRIBUTARY__MQTT__MAX_PACKET_SIZE", "huge"),
-            ("TRIBUTARY__MQTT__MAX_INFLIGHT", "0"),
-            ("TRIBUTARY__MQTT__NO_SUCH_KEY", "1"),
-            ("TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND", "nowhere:1"),
+            ("TRIBUTARY_MQTT__MAX_PACKET_SIZE", "huge"),
+            ("TRIBUTARY_MQTT__MAX_INFLIGHT", "0"),
+            ("TRIBUTARY_MQTT__NO_SUCH_KEY", "1"),
+            ("TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND", "nowhere:1"),
         ],
     );
     let text: Vec<String> = p.iter().map(ToString::to_string).collect();
     assert_eq!(p.len(), 4, "{text:#?}");
     for (key, var) in [
-        ("mqtt.max_packet_size", "TRIBUTARY__MQTT__MAX_PACKET_SIZE"),
-        ("mqtt.max_inflight", "TRIBUTARY__MQTT__MAX_INFLIGHT"),
-        ("mqtt.no_such_key", "TRIBUTARY__MQTT__NO_SUCH_KEY"),
+        ("mqtt.max_packet_size", "TRIBUTARY_MQTT__MAX_PACKET_SIZE"),
+        ("mqtt.max_inflight", "TRIBUTARY_MQTT__MAX_INFLIGHT"),
+        ("mqtt.no_such_key", "TRIBUTARY_MQTT__NO_SUCH_KEY"),
         (
             "listeners.tcp.default.bind",
-            "TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND",
+            "TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND",
         ),
     ] {
         let problem = p
@@ -555,17 +555,17 @@ fn malformed_env_variable_is_reported_by_name() {
     let p = problems_with_env(
         "",
         &[
-            ("TRIBUTARY__MQTT____X", "1"),
-            ("TRIBUTARY__NODE__NAME__FIRST", "x"),
-            ("TRIBUTARY__AUTHORIZATION__RULES__3__PERMISSION", "deny"),
+            ("TRIBUTARY_MQTT____X", "1"),
+            ("TRIBUTARY_NODE__NAME__FIRST", "x"),
+            ("TRIBUTARY_AUTHORIZATION__RULES__3__PERMISSION", "deny"),
         ],
     );
     assert_eq!(
         keys(&p),
         [
-            "TRIBUTARY__AUTHORIZATION__RULES__3__PERMISSION",
-            "TRIBUTARY__MQTT____X",
-            "TRIBUTARY__NODE__NAME__FIRST",
+            "TRIBUTARY_AUTHORIZATION__RULES__3__PERMISSION",
+            "TRIBUTARY_MQTT____X",
+            "TRIBUTARY_NODE__NAME__FIRST",
         ],
         "{p:#?}"
     );
@@ -574,4 +574,31 @@ fn malformed_env_variable_is_reported_by_name() {
         "{}",
         p[2]
     );
+}
+
+#[test]
+fn unknown_tributary_variables_are_errors() {
+    let problems = problems_with_env(
+        "",
+        &[
+            ("TRIBUTARY_BIN", "/usr/bin/tributary"),
+            ("TRIBUTARY__MQTT__MAX_INFLIGHT", "8"),
+            ("TRIBUTARY_MQTT__NO_SUCH_KEY", "1"),
+            ("TRIBUTARY_NOSECTION__KEY", "1"),
+        ],
+    );
+    let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    let find = |var: &str| {
+        text.iter()
+            .find(|t| t.contains(var))
+            .unwrap_or_else(|| panic!("no problem names {var}: {text:#?}"))
+            .clone()
+    };
+    assert!(find("TRIBUTARY_BIN").contains("not a configuration key"));
+    assert!(find("TRIBUTARY__MQTT__MAX_INFLIGHT").contains("one underscore"));
+    let unknown = find("TRIBUTARY_MQTT__NO_SUCH_KEY");
+    assert!(unknown.starts_with("mqtt.no_such_key"), "{unknown}");
+    let section = find("TRIBUTARY_NOSECTION__KEY");
+    assert!(section.starts_with("nosection"), "{section}");
+    assert_eq!(problems.len(), 4, "{text:#?}");
 }

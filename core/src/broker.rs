@@ -567,7 +567,46 @@ impl Broker {
         }
     }
 
-    /// Snapshot of the sessions: (client info, online, subscriptions count).
+    /// Check a topic name against the rules and `max_topic_levels`; a name
+    /// with too many levels is counted (`topic_levels_exceeded`).
+    pub fn check_topic_name(&self, topic: &str) -> Result<(), crate::topic::TopicError> {
+        crate::topic::validate_topic_name(topic, self.config.max_topic_levels)
+            .inspect_err(|e| self.count_topic_error(e))
+    }
+
+    /// Parse a topic filter (`$share/…` too) against the rules and
+    /// `max_topic_levels`, counting one with too many levels.
+    pub fn check_filter<'a>(
+        &self,
+        raw: &'a str,
+    ) -> Result<crate::topic::ParsedFilter<'a>, crate::topic::TopicError> {
+        crate::topic::parse_filter(raw, self.config.max_topic_levels)
+            .inspect_err(|e| self.count_topic_error(e))
+    }
+
+    fn count_topic_error(&self, e: &crate::topic::TopicError) {
+        if matches!(e, crate::topic::TopicError::TooManyLevels(_)) {
+            self.metrics.inc(&self.metrics.topic_levels_exceeded);
+        }
+    }
+
+    /// Messages waiting in session queues and awaiting acknowledgement,
+    /// summed per protocol of the sessions' clients: (protocol, queued,
+    /// inflight). Walks every session: for scrapes, not the hot path.
+    pub fn queue_depths(&self) -> Vec<(&'static str, usize, usize)> {
+        let sessions = self.sessions.lock();
+        let mut by: std::collections::BTreeMap<&'static str, (usize, usize)> =
+            std::collections::BTreeMap::new();
+        for s in sessions.values() {
+            let protocol = s.state.lock().info.protocol;
+            let e = by.entry(protocol).or_default();
+            e.0 += s.queue_len();
+            e.1 += s.inflight_len();
+        }
+        by.into_iter().map(|(p, (q, i))| (p, q, i)).collect()
+    }
+
+    /// Every session as (client, online, subscription count).
     pub fn clients(&self) -> Vec<(ClientInfo, bool, usize)> {
         let sessions = self.sessions.lock();
         sessions
@@ -655,6 +694,8 @@ impl Broker {
                         .persistence
                         .submit(StoreOp::RetainedPut(message.clone()));
                 }
+            } else {
+                self.metrics.inc(&self.metrics.retained_refused);
             }
         }
         self.metrics

@@ -16,6 +16,7 @@ pub fn log(
     listeners: &[Arc<ListenerStats>],
     api: Option<SocketAddr>,
     udp: &[(&str, Option<SocketAddr>)],
+    stomp: &crate::stomp_tcp::StompAddrs,
 ) {
     let a = &config.authentication;
     let mut backends = Vec::new();
@@ -60,6 +61,15 @@ pub fn log(
         if let Some(addr) = addr {
             info!(listener = %name, %addr, security = "none (UDP)", "  gateway");
         }
+    }
+    if let Some(addr) = stomp.tcp {
+        info!(listener = "tcp:stomp", %addr, security = "none", "  STOMP");
+    }
+    if let Some((addr, security)) = &stomp.ssl {
+        info!(listener = "ssl:stomp", %addr, security = %security, "  STOMP");
+    }
+    if let Some(addr) = stomp.http {
+        info!(listener = "http:stomp", %addr, security = "none (WebSocket, SockJS)", "  STOMP");
     }
     if let Some(addr) = api {
         info!(listener = "http:api", %addr, security = "HTTP Basic (API keys)", "  HTTP API");

@@ -49,6 +49,20 @@ pub struct CoapStats {
     pub datagrams_dropped: AtomicU64,
 }
 
+impl CoapStats {
+    /// Every counter as (name, is a gauge, value).
+    pub fn snapshot(&self) -> Vec<(&'static str, bool, u64)> {
+        vec![
+            ("peers", true, self.peers.load(Ordering::Relaxed)),
+            (
+                "datagrams_dropped",
+                false,
+                self.datagrams_dropped.load(Ordering::Relaxed),
+            ),
+        ]
+    }
+}
+
 /// Everything the CoAP gateway's tasks share.
 #[derive(Clone)]
 pub struct CoapContext {
@@ -151,8 +165,14 @@ async fn peer_task(
 ) {
     let mut channel = Channel::new(ctx.broker.clone(), ctx.channel.clone(), peer, seed);
     let mut shutdown = ctx.shutdown.clone();
+    // A request waiting for an authentication backend (ADR 0011); the
+    // channel holds this peer's later datagrams until it answers.
+    let mut pending_auth = None;
     loop {
         flush(&socket, &mut channel, peer).await;
+        if pending_auth.is_none() {
+            pending_auth = channel.take_auth_future();
+        }
         if channel.is_idle() {
             let mut table = peers.lock();
             if rx.is_empty() {
@@ -163,6 +183,15 @@ async fn peer_task(
         let signal = channel.signal();
         let deadline = channel.next_deadline();
         tokio::select! {
+            outcome = async {
+                match pending_auth.as_mut() {
+                    Some(decision) => decision.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                pending_auth = None;
+                channel.handle_auth_result(outcome, now());
+            }
             d = rx.recv() => match d {
                 Some(d) => {
                     channel.handle_datagram(&d, now());

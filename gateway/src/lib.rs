@@ -25,6 +25,7 @@ pub mod banner;
 pub mod coap_udp;
 pub mod ctl;
 pub mod der;
+pub mod hixie76;
 pub mod listener_stats;
 pub mod logging;
 pub mod mqtt_tcp;
@@ -70,6 +71,8 @@ pub struct Gateway {
     pub api: Option<SocketAddr>,
     /// Bound STOMP/TCP address, when enabled.
     pub stomp_tcp: Option<SocketAddr>,
+    /// Bound STOMP/TLS address, when a certificate is configured.
+    pub stomp_ssl: Option<SocketAddr>,
     /// Bound STOMP HTTP (WebSocket, SockJS) address, when enabled.
     pub stomp_http: Option<SocketAddr>,
     /// Set while draining: `GET /status` answers 503.
@@ -155,13 +158,35 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The API runs outside `tasks` so `/status` can answer 503 while the
     // connections drain; it is stopped after the drain.
+    let mqttsn_stats = Arc::new(tributary_mqttsn::gateway::Stats::default());
+    let coap_stats = Arc::new(coap_udp::CoapStats::default());
+    let mut gateways = Vec::new();
+    if config.mqttsn.enabled {
+        let s = mqttsn_stats.clone();
+        gateways.push(api::GatewayCounters {
+            gateway: "mqtt-sn",
+            snapshot: Arc::new(move || {
+                s.snapshot()
+                    .into_iter()
+                    .map(|(name, v)| (name, false, v))
+                    .collect()
+            }),
+        });
+    }
+    if config.coap.enabled {
+        let s = coap_stats.clone();
+        gateways.push(api::GatewayCounters {
+            gateway: "coap",
+            snapshot: Arc::new(move || s.snapshot()),
+        });
+    }
     let (api, api_task) = api::start(
         config,
-        api::ApiState::new(config, broker.clone(), listeners.clone(), draining.clone()),
+        api::ApiState::new(config, broker.clone(), listeners.clone(), draining.clone())
+            .with_gateways(gateways),
     )
     .await?;
     security::warn_if_open(config, &listeners);
-    let mqttsn_stats = Arc::new(tributary_mqttsn::gateway::Stats::default());
     let mut mqttsn_udp = None;
     if config.mqttsn.enabled {
         let sn = &config.mqttsn;
@@ -206,19 +231,21 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
             channel: wiring::coap_channel(config),
             max_peers: c.max_peers as usize,
             peer_queue_len: c.peer_queue_len as usize,
-            stats: Arc::new(coap_udp::CoapStats::default()),
+            stats: coap_stats.clone(),
             shutdown: shutdown_rx.clone(),
         };
         tasks.spawn(coap_udp::serve(socket, ctx));
     }
-    let (stomp_tcp, stomp_http) =
-        stomp_tcp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
+    let stomp = stomp_tcp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
+    let (stomp_tcp, stomp_ssl, stomp_http) =
+        (stomp.tcp, stomp.ssl.as_ref().map(|s| s.0), stomp.http);
     tasks.spawn(housekeeping(broker.clone(), shutdown_rx));
     banner::log(
         config,
         &listeners,
         api,
         &[("udp:mqttsn", mqttsn_udp), ("udp:coap", coap_udp)],
+        &stomp,
     );
     Ok(Gateway {
         broker,
@@ -228,6 +255,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         listeners,
         api,
         stomp_tcp,
+        stomp_ssl,
         stomp_http,
         draining,
         api_task,

@@ -22,7 +22,10 @@ enum Command {
     /// Print the commented default configuration.
     PrintDefaultConfig,
     /// Check a configuration file (and the files it names: users, ACL, certificates) and exit.
-    CheckConfig,
+    CheckConfig {
+        /// The file to check (same as `--config FILE`).
+        file: Option<PathBuf>,
+    },
     /// Manage the built-in user database file.
     Users {
         #[command(subcommand)]
@@ -319,7 +322,11 @@ fn main() -> ExitCode {
         print!("{}", default_config_toml());
         return ExitCode::SUCCESS;
     }
-    let config = match load_config(cli.config.as_ref()) {
+    let path = match &cli.command {
+        Some(Command::CheckConfig { file: Some(f) }) => Some(f),
+        _ => cli.config.as_ref(),
+    };
+    let config = match load_config(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("tributary: {e}");
@@ -327,7 +334,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::CheckConfig) => {
+        Some(Command::CheckConfig { .. }) => {
             if let Err(e) = tributary::security::check_files(&config) {
                 eprintln!("tributary: {e}");
                 return ExitCode::from(2);

@@ -309,10 +309,10 @@ const READ_BATCH: usize = 64 * 1024;
 /// Longest a connection stops reading because its QoS 1/2 publishes filled
 /// a subscriber's mailbox. Past it the overflow policy applies again (the
 /// subscriber is probably stuck; its keep-alive will tell).
-const MAX_PAUSE: Duration = Duration::from_secs(5);
+pub(crate) const MAX_PAUSE: Duration = Duration::from_secs(5);
 
 /// Wait until every session has room in its mailbox (or went offline).
-async fn wait_for_room(sessions: &[Arc<Session>], max_len: usize) {
+pub(crate) async fn wait_for_room(sessions: &[Arc<Session>], max_len: usize) {
     for session in sessions {
         loop {
             let room = session.room();
@@ -340,7 +340,7 @@ async fn wait_commit(
 }
 
 /// Sleep until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
         None => std::future::pending().await,

@@ -28,7 +28,7 @@ use tributary_mqttsn::gateway::{
 };
 use tributary_mqttsn::packet::{Encapsulated, Packet, ReturnCode};
 
-use crate::mqtt_tcp::now;
+use crate::mqtt_tcp::{now, sleep_until};
 
 /// Messages queued for one client before further datagrams are dropped.
 const CLIENT_INBOX: usize = 64;
@@ -259,6 +259,7 @@ async fn client_task(
     let mut shutdown = ctx.shutdown.clone();
     let mut wbuf = BytesMut::new();
     let mut named = false;
+    let mut pending_auth = None;
     loop {
         for p in channel.take_output() {
             send(&socket, &key, p, &mut wbuf).await;
@@ -272,6 +273,26 @@ async fn client_task(
         if channel.is_closed() {
             break;
         }
+        if pending_auth.is_none() {
+            pending_auth = channel.take_auth_future();
+        }
+        if let Some(decision) = pending_auth.as_mut() {
+            // An authentication backend is deciding (HTTP, say): this
+            // client's datagrams wait in its inbox until it answers.
+            let deadline = channel.next_deadline();
+            tokio::select! {
+                outcome = decision => {
+                    pending_auth = None;
+                    channel.handle_auth_result(outcome, now());
+                }
+                _ = sleep_until(deadline) => channel.handle_timeout(now()),
+                _ = shutdown.changed() => channel.shutdown(),
+            }
+            if !channel.is_authenticating() {
+                pending_auth = None;
+            }
+            continue;
+        }
         // Re-read every turn: a re-CONNECT may have opened a new session.
         let wake = channel.signal();
         let deadline = channel.next_deadline();
@@ -284,12 +305,7 @@ async fn client_task(
             _ = async { match &wake { Some(s) => s.notified().await, None => std::future::pending().await } } => {
                 channel.handle_wake(now());
             }
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                    None => std::future::pending().await,
-                }
-            } => channel.handle_timeout(now()),
+            _ = sleep_until(deadline) => channel.handle_timeout(now()),
             _ = shutdown.changed() => channel.shutdown(),
         }
     }

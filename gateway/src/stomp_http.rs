@@ -8,6 +8,8 @@
 //! (so 404/405 follow the protocol exactly) and answers:
 //! - `/info`, the greeting, the iframe page, CORS preflights;
 //! - WebSocket upgrades (raw and SockJS framing) → [`crate::stomp_ws`];
+//!   the SockJS `websocket` transport also accepts the hixie-76 draft
+//!   handshake ([`crate::hixie76`]);
 //! - receiving transports (`xhr`, `xhr_streaming`, `eventsource`,
 //!   `htmlfile`, `jsonp`): attach to the session (created on first use),
 //!   write its frames wrapped for the transport, detach when done (polling:
@@ -41,6 +43,7 @@ use tracing::{debug, info, Instrument};
 use tributary_sockjs::frame::{self as sockjs, Wrap};
 use tributary_sockjs::{route, Attach, Route, Session, Transport};
 
+use crate::hixie76::{self, Hixie76, Incoming, TextFrames};
 use crate::mqtt_tcp::now;
 use crate::stomp_ws::{self, StompShared};
 
@@ -477,6 +480,12 @@ impl Drop for Attached {
     }
 }
 
+/// How long a receiving request waits for an attached one to end before
+/// answering "another connection still open": steps of this …
+const ATTACH_GRACE_STEP: Duration = Duration::from_millis(10);
+/// … this many times.
+const ATTACH_GRACE_STEPS: u32 = 10;
+
 /// A receiving request: polling (`prelude` None) answers with one frame;
 /// streaming writes the prelude, then frames until the response limit or a
 /// close frame.
@@ -497,7 +506,21 @@ async fn receive(
         Wrap::EventSource => "text/event-stream",
         Wrap::HtmlFile => "text/html;charset=UTF-8",
     };
-    let attach = entry.state.lock().attach();
+    let mut attach = entry.state.lock().attach();
+    let busy = Attach::Refused(sockjs::close(
+        tributary_sockjs::session::ANOTHER_CONNECTION.0,
+        tributary_sockjs::session::ANOTHER_CONNECTION.1,
+    ));
+    let mut grace = 0;
+    while attach == busy && grace < ATTACH_GRACE_STEPS {
+        // The attached request may belong to a client that has just gone
+        // away, which the HTTP server notices a moment later: then this
+        // request must see the interruption (1002), not "another
+        // connection" (2010).
+        tokio::time::sleep(ATTACH_GRACE_STEP).await;
+        attach = entry.state.lock().attach();
+        grace += 1;
+    }
     let heartbeat = ctx.sockjs.heartbeat;
     let mut shutdown = ctx.stomp.shutdown.clone();
     let body = match (attach, prelude) {
@@ -721,6 +744,9 @@ async fn raw_websocket(
 
 async fn test_raw_ws(mut ws: WebSocket, close: bool) {
     if close {
+        // Some clients (ws4py) fail when the close frame arrives in the
+        // same read as the 101 response: let the response go first.
+        tokio::time::sleep(Duration::from_millis(20)).await;
         let _ = ws
             .send(Message::Close(Some(CloseFrame {
                 code: 3000,
@@ -748,6 +774,12 @@ async fn sockjs_websocket(
     peer: SocketAddr,
     req: Request,
 ) -> Response {
+    if req.method() == Method::GET
+        && req.headers().contains_key("sec-websocket-key1")
+        && req.headers().contains_key("sec-websocket-key2")
+    {
+        return hixie76_upgrade(ctx, service, peer, req);
+    }
     let ws = match upgrade_of(&ctx, req).await {
         Ok(ws) => ws,
         Err(r) => return r,
@@ -772,30 +804,28 @@ async fn sockjs_websocket(
     }
 }
 
-async fn test_sockjs_ws(mut ws: WebSocket, close: bool, heartbeat: Duration) {
-    if ws.send(Message::Text(sockjs::OPEN.into())).await.is_err() {
+async fn test_sockjs_ws<T: TextFrames>(mut ws: T, close: bool, heartbeat: Duration) {
+    if !ws.send_text(sockjs::OPEN.into()).await {
         return;
     }
     if close {
-        let _ = ws
-            .send(Message::Text(sockjs::close(3000, "Go away!").into()))
-            .await;
-        let _ = ws.send(Message::Close(None)).await;
+        let _ = ws.send_text(sockjs::close(3000, "Go away!")).await;
+        ws.close().await;
         return;
     }
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     loop {
         tokio::select! {
-            msg = ws.recv() => {
+            msg = ws.recv_text() => {
                 let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
-                    Some(Ok(_)) => continue,
+                    Incoming::Text(t) => t,
+                    Incoming::Closed => return,
+                    Incoming::Ignore => continue,
                 };
                 match sockjs::parse_messages(text.as_bytes(), true) {
                     Ok(msgs) if msgs.is_empty() => {}
                     Ok(msgs) => {
-                        if ws.send(Message::Text(sockjs::messages(&msgs).into())).await.is_err() {
+                        if !ws.send_text(sockjs::messages(&msgs)).await {
                             return;
                         }
                     }
@@ -805,12 +835,91 @@ async fn test_sockjs_ws(mut ws: WebSocket, close: bool, heartbeat: Duration) {
                 }
             }
             _ = beat.tick() => {
-                if ws.send(Message::Text(sockjs::HEARTBEAT.into())).await.is_err() {
+                if !ws.send_text(sockjs::HEARTBEAT.into()).await {
                     return;
                 }
             }
         }
     }
+}
+
+/// A SockJS `websocket` request in the hixie-76 draft (`Sec-WebSocket-Key1`
+/// and `Key2`): answer 101 with the draft's headers, then, on the upgraded
+/// connection, read the client's 8-byte key, answer the challenge and run
+/// the same SockJS session as over RFC 6455.
+fn hixie76_upgrade(
+    ctx: Arc<HttpContext>,
+    service: Service,
+    peer: SocketAddr,
+    mut req: Request,
+) -> Response {
+    let headers = req.headers();
+    let key = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(hixie76::key_number)
+    };
+    let (Some(key1), Some(key2)) = (key("sec-websocket-key1"), key("sec-websocket-key2")) else {
+        return bad_upgrade();
+    };
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("null")
+        .to_owned();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let location = format!("ws://{host}{}", req.uri().path());
+    let (Ok(origin_value), Ok(location_value)) = (
+        HeaderValue::from_str(&origin),
+        HeaderValue::from_str(&location),
+    ) else {
+        return bad_upgrade();
+    };
+    let permit = if service == Service::Stomp {
+        match ctx.slots.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        }
+    } else {
+        None
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let heartbeat = ctx.sockjs.heartbeat;
+    let shared = ctx.stomp.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let ws = match Hixie76::accept(io, key1, key2).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                debug!(error = %e, "hixie-76 handshake not completed");
+                return;
+            }
+        };
+        match permit {
+            Some(permit) => {
+                let span = tracing::info_span!("conn", proto = "stomp", transport = "sockjs-hixie76", %peer);
+                stomp_ws::sockjs_stomp_ws(ws, peer, shared, heartbeat, permit)
+                    .instrument(span)
+                    .await
+            }
+            None => test_sockjs_ws(ws, service == Service::Close, heartbeat).await,
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert("sec-websocket-origin", origin_value);
+    h.insert("sec-websocket-location", location_value);
+    response
 }
 
 // ------------------------------------------------------------------ static responses

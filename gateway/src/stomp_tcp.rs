@@ -1,5 +1,7 @@
-//! STOMP over TCP (61613): the accept loop and the per-connection driver,
-//! plus the decode/encode helpers the WebSocket and SockJS drivers share.
+//! STOMP over TCP (61613) and over TLS (`stomp.ssl_bind`, started when a
+//! certificate is configured): the accept loop and the per-connection
+//! driver, plus what the WebSocket and SockJS drivers share with it
+//! (decode/encode helpers and [`Holds`]).
 //!
 //! The driver is the only code here that touches the socket and the clock.
 //! It reads bytes (any byte counts as a heart-beat from the client),
@@ -7,23 +9,27 @@
 //! them to the sans-IO [`Channel`], writes what the channel queued, and
 //! waits on four things: the socket, the session's wake-up signal, the
 //! channel's deadline (connect timeout, heart-beats both ways) and shutdown.
+//! While an authentication backend decides, or while a subscriber's mailbox
+//! that this connection's QoS 1/2 SENDs filled has no room, it reads nothing
+//! ([`Holds`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, info, warn, Instrument};
-use tributary_core::Broker;
+use tributary_core::session::Session;
+use tributary_core::{Broker, ConnectionSignal};
 use tributary_stomp::codec::{self, encode_heartbeat};
 use tributary_stomp::{Channel, ChannelConfig, Item, Output};
 
-use crate::mqtt_tcp::now;
-
-/// Size of the stack buffer each read goes through.
-const READ_CHUNK: usize = 16 * 1024;
+use crate::mqtt_tcp::{now, sleep_until, wait_for_room, MAX_PAUSE};
+use crate::tls::TlsSource;
+use crate::transport::{ConnRead, StreamRead, READ_CHUNK};
 
 /// Everything a STOMP listener's connections share.
 #[derive(Clone)]
@@ -38,11 +44,24 @@ pub struct StompContext {
     pub slots: Arc<Semaphore>,
     /// Set TCP_NODELAY on accepted sockets.
     pub nodelay: bool,
+    /// TLS for the `ssl` listener; `None` for plain TCP.
+    pub tls: Option<Arc<TlsSource>>,
+}
+
+impl StompContext {
+    fn label(&self) -> &'static str {
+        if self.tls.is_some() {
+            "ssl:stomp"
+        } else {
+            "tcp:stomp"
+        }
+    }
 }
 
 /// Accept connections until shutdown.
 pub async fn accept_loop(listener: TcpListener, ctx: StompContext) {
     let mut shutdown = ctx.shutdown.clone();
+    let label = ctx.label();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -52,18 +71,19 @@ pub async fn accept_loop(listener: TcpListener, ctx: StompContext) {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
-                warn!(listener = "tcp:stomp", error = %e, "accept failed");
+                warn!(listener = label, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-            debug!(listener = "tcp:stomp", %peer, "connection limit reached; refusing");
+            debug!(listener = label, %peer, "connection limit reached; refusing");
             drop(stream);
             continue;
         };
         let ctx = ctx.clone();
-        let span = tracing::info_span!("conn", proto = "stomp", transport = "tcp", %peer);
+        let transport = if ctx.tls.is_some() { "ssl" } else { "tcp" };
+        let span = tracing::info_span!("conn", proto = "stomp", transport, %peer);
         tokio::spawn(
             async move {
                 serve(stream, peer, ctx).await;
@@ -72,7 +92,7 @@ pub async fn accept_loop(listener: TcpListener, ctx: StompContext) {
             .instrument(span),
         );
     }
-    info!(listener = "tcp:stomp", "listener stopped");
+    info!(listener = label, "listener stopped");
 }
 
 /// Most bytes one acceptable frame can take, so a read buffer never needs more.
@@ -88,21 +108,51 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: StompContext) {
         // Without it, small-message latency tails reach 40 ms (Nagle).
         let _ = stream.set_nodelay(true);
     }
+    match ctx.tls.clone() {
+        None => {
+            let (reader, writer) = stream.into_split();
+            drive(reader, writer, peer, ctx, None).await;
+        }
+        Some(tls) => match tls.accept(stream).await {
+            Ok((tls_stream, cn)) => {
+                let (reader, writer) = tokio::io::split(tls_stream);
+                drive(StreamRead(reader), writer, peer, ctx, cn).await;
+            }
+            Err(e) => debug!(error = %e, "TLS handshake failed"),
+        },
+    }
+}
+
+/// Run one STOMP connection over any byte transport. `transport_username`
+/// is a TLS client certificate's CN when the listener takes user names
+/// from certificates.
+async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
+    mut reader: R,
+    mut writer: W,
+    peer: SocketAddr,
+    ctx: StompContext,
+    transport_username: Option<String>,
+) {
     let metrics = ctx.broker.metrics();
     metrics.inc(&metrics.connections);
     metrics.inc(&metrics.connections_total);
-    let (mut reader, mut writer) = stream.into_split();
     let mut channel = Channel::new(ctx.broker.clone(), ctx.channel.clone(), Some(peer), now());
+    channel.set_transport_username(transport_username);
     let cap = max_frame_bytes(&ctx.channel).saturating_add(READ_CHUNK);
     let mut shutdown = ctx.shutdown.clone();
     let mut rbuf = BytesMut::new();
     let mut wbuf = BytesMut::new();
     let mut signal = None;
+    let mut holds = Holds::new(&ctx.broker);
     let mut peer_closed = false;
     loop {
         if channel.has_output() {
             encode_into(&mut channel, &mut wbuf);
-            let r = writer.write_all(&wbuf).await;
+            let r = async {
+                writer.write_all(&wbuf).await?;
+                writer.flush().await
+            }
+            .await;
             wbuf.clear();
             if r.is_err() {
                 break;
@@ -114,10 +164,17 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: StompContext) {
         if signal.is_none() {
             signal = channel.signal();
         }
+        if holds.active(&mut channel) {
+            holds.wait(&mut channel, &signal, &mut shutdown).await;
+            if !holds.active(&mut channel) {
+                decode_all(&mut channel, &mut rbuf);
+            }
+            continue;
+        }
         let deadline = channel.next_deadline();
         tokio::select! {
-            ready = reader.readable() => {
-                if ready.is_err() || !read_available(&reader, &mut rbuf, cap) {
+            alive = reader.read_into(&mut rbuf, cap) => {
+                if !alive {
                     peer_closed = true;
                     decode_all(&mut channel, &mut rbuf);
                     break;
@@ -127,15 +184,8 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: StompContext) {
                     rbuf = BytesMut::new();
                 }
             },
-            _ = async { match &signal { Some(s) => s.notified().await, None => std::future::pending().await } } => {
-                channel.handle_wake(now());
-            }
-            _ = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                    None => std::future::pending().await,
-                }
-            } => channel.handle_timeout(now()),
+            _ = wait_signal(&signal) => channel.handle_wake(now()),
+            _ = sleep_until(deadline) => channel.handle_timeout(now()),
             _ = shutdown.changed() => channel.shutdown(),
         }
     }
@@ -146,47 +196,98 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: StompContext) {
     channel.finish(now());
     let _ = writer.shutdown().await;
     if !peer_closed {
-        linger(&mut reader).await;
+        // Let the peer read our ERROR or RECEIPT rather than see a reset.
+        reader.linger().await;
     }
     metrics.dec(&metrics.connections);
 }
 
-/// After our FIN, read and discard until the peer closes or two seconds
-/// pass, so the peer sees our ERROR or RECEIPT rather than a reset.
-async fn linger(reader: &mut tokio::net::tcp::OwnedReadHalf) {
-    let mut scratch = vec![0u8; 1024];
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-        while let Ok(n) = reader.read(&mut scratch).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
+/// Wait for the session's wake-up signal, or forever without one.
+pub async fn wait_signal(signal: &Option<Arc<ConnectionSignal>>) {
+    match signal {
+        Some(s) => s.notified().await,
+        None => std::future::pending().await,
+    }
 }
 
-/// Read what the socket has without waiting into `rbuf`, up to `cap`
-/// bytes. Returns false when the peer closed or the socket failed.
-fn read_available(
-    reader: &tokio::net::tcp::OwnedReadHalf,
-    rbuf: &mut BytesMut,
-    cap: usize,
-) -> bool {
-    let mut chunk = [0u8; READ_CHUNK];
-    while rbuf.len() < cap {
-        match reader.try_read(&mut chunk) {
-            Ok(0) => return false,
-            Ok(n) => {
-                rbuf.extend_from_slice(&chunk[..n]);
-                if n < chunk.len() {
-                    return true;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
+/// What stops a STOMP driver from reading more input: a CONNECT waiting
+/// for an authentication backend (ADR 0011), or subscribers whose
+/// mailboxes this connection's QoS 1/2 SENDs filled (ADR 0009; reading
+/// resumes when they have room, or after [`MAX_PAUSE`]).
+pub struct Holds {
+    paused: Vec<Arc<Session>>,
+    since: Instant,
+    mailbox_bound: usize,
+}
+
+impl Holds {
+    /// No holds yet, for a connection to `broker`.
+    pub fn new(broker: &Broker) -> Holds {
+        Holds {
+            paused: Vec::new(),
+            since: now(),
+            mailbox_bound: broker.config().queue.max_len,
         }
     }
-    true
+
+    /// True when the driver must call [`Holds::wait`] instead of reading.
+    pub fn active(&mut self, channel: &mut Channel) -> bool {
+        if channel.is_backpressured() {
+            if self.paused.is_empty() {
+                self.since = now();
+            }
+            self.paused.extend(channel.take_backpressure());
+        }
+        channel.is_authenticating() || !self.paused.is_empty()
+    }
+
+    /// Wait for one thing: the authentication answer, room in the paused
+    /// subscribers' mailboxes, a wake-up, a deadline or shutdown. The driver
+    /// writes any output and asks [`Holds::active`] again.
+    pub async fn wait(
+        &mut self,
+        channel: &mut Channel,
+        signal: &Option<Arc<ConnectionSignal>>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) {
+        if channel.is_authenticating() {
+            let deadline = channel.next_deadline();
+            match channel.take_auth_future() {
+                Some(decision) => tokio::select! {
+                    outcome = decision => channel.handle_auth_result(outcome, now()),
+                    _ = sleep_until(deadline) => channel.handle_timeout(now()),
+                    _ = shutdown.changed() => channel.shutdown(),
+                },
+                None => tokio::select! {
+                    _ = sleep_until(deadline) => channel.handle_timeout(now()),
+                    _ = shutdown.changed() => channel.shutdown(),
+                },
+            }
+            return;
+        }
+        let pause_end = self.since + MAX_PAUSE;
+        let deadline = channel
+            .next_deadline()
+            .map_or(pause_end, |d| d.min(pause_end));
+        tokio::select! {
+            _ = wait_for_room(&self.paused, self.mailbox_bound) => self.paused.clear(),
+            _ = wait_signal(signal) => channel.handle_wake(now()),
+            _ = sleep_until(Some(deadline)) => {
+                if now() >= pause_end {
+                    debug!("subscriber mailbox still full; resuming reads");
+                    self.paused.clear();
+                }
+                // The client's heart-beats wait unread because of us: it
+                // is not silent.
+                channel.handle_activity(now());
+                channel.handle_timeout(now());
+            }
+            _ = shutdown.changed() => channel.shutdown(),
+        }
+        if channel.is_closed() {
+            self.paused.clear();
+        }
+    }
 }
 
 /// Feed every complete frame in `rbuf` to the channel. Any bytes at all
@@ -207,7 +308,8 @@ pub fn decode_all(channel: &mut Channel, rbuf: &mut BytesMut) {
                 break;
             }
         }
-        if channel.is_closed() {
+        if channel.is_closed() || channel.is_authenticating() || channel.is_backpressured() {
+            // The rest waits until the driver's holds are released.
             break;
         }
     }
@@ -238,18 +340,37 @@ pub fn encode_items(channel: &mut Channel) -> Vec<Bytes> {
         .collect()
 }
 
-/// Bind the STOMP listeners `[stomp]` enables (TCP; HTTP for WebSocket and
-/// SockJS) and spawn their tasks. Returns the bound addresses.
+/// Where the STOMP listeners are bound (`None`: not started).
+#[derive(Debug, Clone, Default)]
+pub struct StompAddrs {
+    /// STOMP over TCP.
+    pub tcp: Option<SocketAddr>,
+    /// STOMP over TLS, with how it is secured (for the banner).
+    pub ssl: Option<(SocketAddr, String)>,
+    /// STOMP over WebSocket and SockJS (HTTP).
+    pub http: Option<SocketAddr>,
+}
+
+/// Bind the STOMP listeners `[stomp]` enables (TCP; TLS when a certificate
+/// is configured; HTTP for WebSocket and SockJS) and spawn their tasks.
 pub async fn start(
     config: &tributary_config::Config,
     broker: &Arc<Broker>,
     shutdown: &watch::Receiver<bool>,
     tasks: &mut tokio::task::JoinSet<()>,
-) -> anyhow::Result<(Option<SocketAddr>, Option<SocketAddr>)> {
+) -> anyhow::Result<StompAddrs> {
     use anyhow::Context;
     let s = &config.stomp;
     let channel = crate::wiring::stomp_channel(config);
     let slots = (s.max_connections as usize).min(config.limits.max_connections as usize);
+    let context = |tls| StompContext {
+        broker: broker.clone(),
+        channel: channel.clone(),
+        shutdown: shutdown.clone(),
+        slots: Arc::new(Semaphore::new(slots)),
+        nodelay: true,
+        tls,
+    };
     let mut tcp = None;
     if s.enabled {
         let listener = TcpListener::bind(s.bind)
@@ -258,14 +379,21 @@ pub async fn start(
         let addr = listener.local_addr()?;
         info!(listener = "tcp:stomp", %addr, "STOMP listener started");
         tcp = Some(addr);
-        let ctx = StompContext {
-            broker: broker.clone(),
-            channel: channel.clone(),
-            shutdown: shutdown.clone(),
-            slots: Arc::new(Semaphore::new(slots)),
-            nodelay: true,
-        };
-        tasks.spawn(accept_loop(listener, ctx));
+        tasks.spawn(accept_loop(listener, context(None)));
+    }
+    let mut ssl = None;
+    if s.ssl_enabled && s.ssl_options.is_configured() {
+        let tls = Arc::new(
+            TlsSource::load("ssl:stomp".to_owned(), &s.ssl_options).context("stomp.ssl_options")?,
+        );
+        let listener = TcpListener::bind(s.ssl_bind)
+            .await
+            .with_context(|| format!("stomp.ssl_bind: cannot bind {}", s.ssl_bind))?;
+        let addr = listener.local_addr()?;
+        info!(listener = "ssl:stomp", %addr, "STOMP over TLS started");
+        ssl = Some((addr, tls.describe()));
+        tasks.spawn(crate::tls::reloader(vec![tls.clone()], shutdown.clone()));
+        tasks.spawn(accept_loop(listener, context(Some(tls))));
     }
     let mut http = None;
     if s.ws_enabled {
@@ -300,5 +428,5 @@ pub async fn start(
             }
         });
     }
-    Ok((tcp, http))
+    Ok(StompAddrs { tcp, ssl, http })
 }

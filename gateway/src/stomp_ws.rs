@@ -14,7 +14,8 @@
 //!   receiving request is attached.
 //!
 //! Each waits on its input, the session's wake-up signal, the channel's
-//! deadline and shutdown, like the TCP driver.
+//! deadline and shutdown, like the TCP driver, and reads no input while
+//! [`Holds`] says so (authentication pending, subscribers' mailboxes full).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,13 +25,14 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tracing::debug;
-use tributary_core::{Broker, ConnectionSignal};
+use tributary_core::Broker;
 use tributary_sockjs::frame as sockjs;
 use tributary_stomp::{Channel, ChannelConfig};
 
+use crate::hixie76::{Incoming, TextFrames};
 use crate::mqtt_tcp::now;
 use crate::stomp_http::SessionEntry;
-use crate::stomp_tcp::{decode_all, encode_items, max_frame_bytes};
+use crate::stomp_tcp::{decode_all, encode_items, max_frame_bytes, wait_signal, Holds};
 
 /// What a STOMP-over-HTTP connection needs.
 #[derive(Clone)]
@@ -55,13 +57,6 @@ impl StompShared {
 
 /// Close code SockJS sends when the STOMP connection ends.
 const NORMAL_CLOSURE: (u16, &str) = (1000, "Normal closure");
-
-async fn wait_signal(signal: &Option<Arc<ConnectionSignal>>) {
-    match signal {
-        Some(s) => s.notified().await,
-        None => std::future::pending().await,
-    }
-}
 
 async fn wait_deadline(deadline: Option<std::time::Instant>) {
     match deadline {
@@ -91,6 +86,7 @@ pub async fn raw_stomp(
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
     let mut signal = None;
+    let mut holds = Holds::new(&shared.broker);
     loop {
         let mut failed = false;
         for chunk in encode_items(&mut channel) {
@@ -104,6 +100,13 @@ pub async fn raw_stomp(
         }
         if signal.is_none() {
             signal = channel.signal();
+        }
+        if holds.active(&mut channel) {
+            holds.wait(&mut channel, &signal, &mut shutdown).await;
+            if !holds.active(&mut channel) {
+                decode_all(&mut channel, &mut rbuf);
+            }
+            continue;
         }
         let deadline = channel.next_deadline();
         tokio::select! {
@@ -149,9 +152,10 @@ fn sockjs_array(chunks: Vec<Bytes>) -> String {
     sockjs::messages(&texts)
 }
 
-/// STOMP over SockJS's `websocket` transport.
-pub async fn sockjs_stomp_ws(
-    mut ws: WebSocket,
+/// STOMP over SockJS's `websocket` transport (an RFC 6455 WebSocket, or a
+/// hixie-76 one).
+pub async fn sockjs_stomp_ws<T: TextFrames>(
+    mut ws: T,
     peer: SocketAddr,
     shared: StompShared,
     heartbeat: Duration,
@@ -163,16 +167,12 @@ pub async fn sockjs_stomp_ws(
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
     let mut signal = None;
-    let mut ok = ws.send(Message::Text(sockjs::OPEN.into())).await.is_ok();
+    let mut holds = Holds::new(&shared.broker);
+    let mut ok = ws.send_text(sockjs::OPEN.into()).await;
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     while ok {
         let chunks = encode_items(&mut channel);
-        if !chunks.is_empty()
-            && ws
-                .send(Message::Text(sockjs_array(chunks).into()))
-                .await
-                .is_err()
-        {
+        if !chunks.is_empty() && !ws.send_text(sockjs_array(chunks)).await {
             ok = false;
             break;
         }
@@ -182,13 +182,20 @@ pub async fn sockjs_stomp_ws(
         if signal.is_none() {
             signal = channel.signal();
         }
+        if holds.active(&mut channel) {
+            holds.wait(&mut channel, &signal, &mut shutdown).await;
+            if !holds.active(&mut channel) {
+                decode_all(&mut channel, &mut rbuf);
+            }
+            continue;
+        }
         let deadline = channel.next_deadline();
         tokio::select! {
-            msg = ws.recv() => {
+            msg = ws.recv_text() => {
                 let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => { ok = false; break }
+                    Incoming::Text(t) => t,
+                    Incoming::Ignore => continue,
+                    Incoming::Closed => { ok = false; break }
                 };
                 match sockjs::parse_messages(text.as_bytes(), true) {
                     Ok(msgs) => {
@@ -210,7 +217,7 @@ pub async fn sockjs_stomp_ws(
                 }
             }
             _ = beat.tick() => {
-                ok = ws.send(Message::Text(sockjs::HEARTBEAT.into())).await.is_ok();
+                ok = ws.send_text(sockjs::HEARTBEAT.into()).await;
             }
             _ = wait_signal(&signal) => channel.handle_wake(now()),
             _ = wait_deadline(deadline) => channel.handle_timeout(now()),
@@ -220,14 +227,12 @@ pub async fn sockjs_stomp_ws(
     if ok {
         let chunks = encode_items(&mut channel);
         if !chunks.is_empty() {
-            let _ = ws.send(Message::Text(sockjs_array(chunks).into())).await;
+            let _ = ws.send_text(sockjs_array(chunks)).await;
         }
         let _ = ws
-            .send(Message::Text(
-                sockjs::close(NORMAL_CLOSURE.0, NORMAL_CLOSURE.1).into(),
-            ))
+            .send_text(sockjs::close(NORMAL_CLOSURE.0, NORMAL_CLOSURE.1))
             .await;
-        let _ = ws.send(Message::Close(None)).await;
+        ws.close().await;
     }
     channel.finish(now());
     metrics.dec(&metrics.connections);
@@ -249,6 +254,7 @@ pub async fn sockjs_stomp_session(
     let mut shutdown = shared.shutdown.clone();
     let mut rbuf = BytesMut::new();
     let mut signal = None;
+    let mut holds = Holds::new(&shared.broker);
     loop {
         let chunks = encode_items(&mut channel);
         if !chunks.is_empty() && !entry.send_all(chunks) {
@@ -260,6 +266,13 @@ pub async fn sockjs_stomp_session(
         }
         if signal.is_none() {
             signal = channel.signal();
+        }
+        if holds.active(&mut channel) {
+            holds.wait(&mut channel, &signal, &mut shutdown).await;
+            if !holds.active(&mut channel) {
+                decode_all(&mut channel, &mut rbuf);
+            }
+            continue;
         }
         let deadline = channel.next_deadline();
         tokio::select! {

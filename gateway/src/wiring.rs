@@ -59,20 +59,25 @@ pub fn broker_with(
         upgrade_qos: m.upgrade_qos,
         sys_node: (!config.node.sys_interval.is_zero()).then(|| config.node.name.as_str().into()),
     };
-    let mut authorizer = authorizer(config);
-    if !config.authorization.file.trim().is_empty() {
-        let file = crate::security::acl_file::load(std::path::Path::new(
-            config.authorization.file.trim(),
-        ))?;
-        authorizer.rules.extend(file.rules);
-        if let Some(catch_all) = file.catch_all {
-            authorizer.no_match = catch_all;
-        }
-    }
+    let authorizer: Box<dyn tributary_core::auth::Authorizer> =
+        if config.authorization.file.trim().is_empty() {
+            Box::new(authorizer(config))
+        } else {
+            use crate::security::acl_reload::{watch, ReloadingAcl, SharedAcl};
+            let acl = Arc::new(ReloadingAcl::open(
+                authorizer(config),
+                std::path::Path::new(config.authorization.file.trim()),
+            )?);
+            // Re-read on change or SIGHUP while the broker lives.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(watch(Arc::downgrade(&acl)));
+            }
+            Box::new(SharedAcl(acl))
+        };
     Ok(Broker::with_seams(
         broker_config,
         Box::new(crate::security::Chain::new(config)?),
-        Box::new(authorizer),
+        authorizer,
         persistence,
         Box::new(SingleNode),
     ))

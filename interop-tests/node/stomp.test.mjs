@@ -2,7 +2,7 @@
 // (/stomp/websocket, via `ws`) and over SockJS (/stomp, via sockjs-client
 // with each transport Node supports), plus MQTT.js for cross-protocol
 // checks. Run with `npm test` here after `cargo build -p tributary`;
-// TRIBUTARY_BIN overrides the binary.
+// GATEWAY_BIN overrides the binary.
 
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
@@ -16,7 +16,7 @@ import SockJS from 'sockjs-client';
 import mqtt from 'mqtt';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const BIN = process.env.TRIBUTARY_BIN ?? path.join(here, '..', '..', 'target', 'debug', 'tributary');
+const BIN = process.env.GATEWAY_BIN ?? path.join(here, '..', '..', 'target', 'debug', 'tributary');
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -53,16 +53,16 @@ async function startBroker(env = {}) {
       ...process.env,
       RUST_LOG: '',
       NO_COLOR: '1',
-      TRIBUTARY__LOG__LEVEL: 'warn',
+      TRIBUTARY_LOG__LEVEL: 'warn',
       // No test shares a store.
-      TRIBUTARY__STORAGE__BACKEND: 'memory',
-      TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND: `127.0.0.1:${mqttPort}`,
-      TRIBUTARY__MQTTSN__BIND: '127.0.0.1:0',
-      TRIBUTARY__COAP__BIND: '127.0.0.1:0',
-      TRIBUTARY__API__BIND: '127.0.0.1:0',
-      TRIBUTARY__LISTENERS__WS__DEFAULT__BIND: '127.0.0.1:0',
-      TRIBUTARY__STOMP__BIND: `127.0.0.1:${stompPort}`,
-      TRIBUTARY__STOMP__WS_BIND: `127.0.0.1:${httpPort}`,
+      TRIBUTARY_STORAGE__BACKEND: 'memory',
+      TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND: `127.0.0.1:${mqttPort}`,
+      TRIBUTARY_MQTTSN__BIND: '127.0.0.1:0',
+      TRIBUTARY_COAP__BIND: '127.0.0.1:0',
+      TRIBUTARY_API__BIND: '127.0.0.1:0',
+      TRIBUTARY_LISTENERS__WS__DEFAULT__BIND: '127.0.0.1:0',
+      TRIBUTARY_STOMP__BIND: `127.0.0.1:${stompPort}`,
+      TRIBUTARY_STOMP__WS_BIND: `127.0.0.1:${httpPort}`,
       ...env,
     },
     stdio: ['ignore', 'ignore', 'pipe'],
@@ -147,8 +147,8 @@ async function subscribe(client, destination, headers = {}) {
 let broker;
 before(async () => {
   broker = await startBroker({
-    TRIBUTARY__STOMP__SUBSCRIBE_QOS: '1',
-    TRIBUTARY__STOMP__MAX_INFLIGHT: '2',
+    TRIBUTARY_STOMP__SUBSCRIBE_QOS: '1',
+    TRIBUTARY_STOMP__MAX_INFLIGHT: '2',
   });
 });
 after(async () => { await broker?.stop(); });
@@ -165,8 +165,8 @@ describe('stompjs over a plain WebSocket', () => {
 
   test('heart-beats keep an idle connection open', async () => {
     const b = await startBroker({
-      TRIBUTARY__STOMP__HEARTBEAT_SEND: '200ms',
-      TRIBUTARY__STOMP__HEARTBEAT_RECEIVE: '200ms',
+      TRIBUTARY_STOMP__HEARTBEAT_SEND: '200ms',
+      TRIBUTARY_STOMP__HEARTBEAT_RECEIVE: '200ms',
     });
     try {
       let closed = false;

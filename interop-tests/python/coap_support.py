@@ -175,7 +175,7 @@ def coap_broker(start_broker):
     def start(env: dict[str, str] | None = None, config: str | None = None):
         for attempt in range(3):  # the free UDP port may be taken between probe and bind
             port = free_udp_port()
-            full = {"TRIBUTARY__COAP__BIND": f"127.0.0.1:{port}"}
+            full = {"TRIBUTARY_COAP__BIND": f"127.0.0.1:{port}"}
             full.update(env or {})
             try:
                 b = start_broker(full, config)

@@ -7,7 +7,7 @@ On failure the broker's log (debug level) is attached to the report.
 
 Run (after `cargo build -p tributary`):
     target/interop-venv/bin/python -m pytest -q interop-tests/python
-TRIBUTARY_BIN overrides the binary (default: target/debug/tributary of this repository).
+GATEWAY_BIN overrides the binary (default: target/debug/tributary of this repository).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import rawmqtt
 from clients import V311, Client
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(os.environ.get("TRIBUTARY_BIN", REPO / "target" / "debug" / "tributary"))
+BIN = Path(os.environ.get("GATEWAY_BIN", REPO / "target" / "debug" / "tributary"))
 
 
 def free_port() -> int:
@@ -51,21 +51,21 @@ class Broker:
         self.log = tempfile.NamedTemporaryFile(prefix="tributary-", suffix=".log", delete=False)
         full_env = dict(os.environ)
         full_env.update({
-            "TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND": f"127.0.0.1:{self.port}",
+            "TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND": f"127.0.0.1:{self.port}",
             # Concurrent brokers must not fight over the MQTT-SN UDP port.
-            "TRIBUTARY__MQTTSN__BIND": "127.0.0.1:0",
+            "TRIBUTARY_MQTTSN__BIND": "127.0.0.1:0",
             # ... nor over the CoAP one.
-            "TRIBUTARY__COAP__BIND": "127.0.0.1:0",
+            "TRIBUTARY_COAP__BIND": "127.0.0.1:0",
             # ... nor over STOMP's (TCP and HTTP).
-            "TRIBUTARY__STOMP__BIND": "127.0.0.1:0",
-            "TRIBUTARY__STOMP__WS_BIND": "127.0.0.1:0",
+            "TRIBUTARY_STOMP__BIND": "127.0.0.1:0",
+            "TRIBUTARY_STOMP__WS_BIND": "127.0.0.1:0",
             # ... nor over the WebSocket and HTTP API ports (tests that use them pass their own).
-            "TRIBUTARY__LISTENERS__WS__DEFAULT__BIND": "127.0.0.1:0",
-            "TRIBUTARY__API__BIND": "127.0.0.1:0",
-            "TRIBUTARY__LOG__LEVEL": "debug",
+            "TRIBUTARY_LISTENERS__WS__DEFAULT__BIND": "127.0.0.1:0",
+            "TRIBUTARY_API__BIND": "127.0.0.1:0",
+            "TRIBUTARY_LOG__LEVEL": "debug",
             # Fresh broker, fresh state: no test shares a store (durability
             # tests pass their own data directory).
-            "TRIBUTARY__STORAGE__BACKEND": "memory",
+            "TRIBUTARY_STORAGE__BACKEND": "memory",
             "NO_COLOR": "1",
         })
         full_env.pop("RUST_LOG", None)
@@ -130,7 +130,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture
 def start_broker(request):
-    """Factory: start_broker(env={"TRIBUTARY__MQTT__...": "..."}, config="toml text") -> Broker.
+    """Factory: start_broker(env={"TRIBUTARY_MQTT__...": "..."}, config="toml text") -> Broker.
 
     Every broker started is stopped (SIGTERM) at teardown."""
     brokers: list[Broker] = []
@@ -190,3 +190,24 @@ def raw():
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def pki(tmp_path):
+    """A throw-away CA (sec.Pki) with a server certificate for localhost and
+    127.0.0.1 in `pki.server` (certfile, keyfile)."""
+    from sec import Pki
+
+    ca = Pki(tmp_path / "ca")
+    ca.server = ca.issue("localhost", server=True, stem="server")
+    return ca
+
+
+@pytest.fixture
+def gated_auth():
+    """sec.GatedAuthServer: an HTTP authentication backend whose 'gated' answers wait for `.gate`."""
+    from sec import GatedAuthServer
+
+    s = GatedAuthServer()
+    yield s
+    s.close()

@@ -204,7 +204,7 @@ def start_sn(start_broker):
     def start(config: str | None = None, env: dict[str, str] | None = None):
         for attempt in range(3):
             sn_port = free_udp_port()
-            full = {"TRIBUTARY__MQTTSN__BIND": f"127.0.0.1:{sn_port}"}
+            full = {"TRIBUTARY_MQTTSN__BIND": f"127.0.0.1:{sn_port}"}
             full.update(env or {})
             try:
                 b = start_broker(env=full, config=config)

@@ -15,8 +15,11 @@ import datetime
 import ipaddress
 import json
 import socket
+import ssl
+import threading
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -163,3 +166,79 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
             if time.monotonic() > deadline:
                 raise AssertionError(f"nothing listens on {port}") from None
             time.sleep(0.02)
+
+
+def ssl_options(table: str, certfile: str, keyfile: str, extra: str = "") -> str:
+    """A TOML `ssl_options` table for a test certificate (no periodic reload)."""
+    return f"""
+[{table}]
+certfile = "{certfile}"
+keyfile = "{keyfile}"
+reload_interval = "0s"
+{extra}
+"""
+
+
+class AuthServer:
+    """A small HTTP authentication backend (POST /auth): `decide(body)` returns
+    the JSON `result` ("allow", "deny", "ignore") or an HTTP status to answer
+    with instead. A request whose username or client id is "gated" or "slow"
+    first waits for `gate` (at most `gate_wait` seconds). Every request body is
+    kept in `requests`, with the path and X-Token header in `meta`."""
+
+    def __init__(self, decide, gate_wait: float = 10.0, tls: tuple[str, str] | None = None):
+        self.requests: list[dict] = []
+        self.meta: list[dict] = []
+        self.gate = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(body)
+                outer.meta.append({"path": self.path, "token": self.headers.get("X-Token")})
+                if {"gated", "slow"} & {body.get("username"), body.get("clientid")}:
+                    outer.gate.wait(gate_wait)
+                result = decide(body)
+                if isinstance(result, int):
+                    self.send_response(result)
+                    self.end_headers()
+                    return
+                data = json.dumps({"result": result}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:  # HTTPS with (certfile, keyfile)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.gate.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _gated_decision(body: dict) -> str:
+    user, pw, cid = body.get("username"), body.get("password"), body.get("clientid") or ""
+    ok = (user, pw) in (("good", "pw"), ("gated", "pw")) or cid.endswith("-ok") or cid == "gated"
+    return "allow" if ok else "deny"
+
+
+class GatedAuthServer(AuthServer):
+    """'good'/'pw' and 'gated'/'pw' allowed, anything else denied; client ids
+    ending in '-ok' (and 'gated') allowed too, as MQTT-SN clients send no
+    user name. 'gated' waits for `gate`."""
+
+    def __init__(self):
+        super().__init__(_gated_decision)

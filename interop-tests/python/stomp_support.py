@@ -44,8 +44,8 @@ def start_stomp(start_broker):
         for attempt in range(3):
             tcp, http = free_port(), free_port()
             full = {
-                "TRIBUTARY__STOMP__BIND": f"127.0.0.1:{tcp}",
-                "TRIBUTARY__STOMP__WS_BIND": f"127.0.0.1:{http}",
+                "TRIBUTARY_STOMP__BIND": f"127.0.0.1:{tcp}",
+                "TRIBUTARY_STOMP__WS_BIND": f"127.0.0.1:{http}",
             }
             full.update(env or {})
             try:

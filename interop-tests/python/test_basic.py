@@ -442,7 +442,7 @@ def test_retained_matching_parent_level_and_empty_levels(port, client):
 
 
 def test_retained_payload_over_limit_not_stored_but_delivered(start_broker, client):
-    b = start_broker({"TRIBUTARY__RETAINER__MAX_PAYLOAD_SIZE": "10"})
+    b = start_broker({"TRIBUTARY_RETAINER__MAX_PAYLOAD_SIZE": "10"})
     live = client(b.port, "live", V311)
     live.connect()
     live.subscribe("lim/#", 1)
@@ -473,7 +473,7 @@ def test_anonymous_refused_when_not_allowed(start_broker, raw):
 
 @pytest.mark.parametrize("version,code", [(rawmqtt.V311, 0x02), (rawmqtt.V5, 0x85)], ids=["3.1.1", "5"])
 def test_client_id_longer_than_configured_maximum(start_broker, raw, version, code):
-    b = start_broker({"TRIBUTARY__MQTT__MAX_CLIENTID_LEN": "23"})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_CLIENTID_LEN": "23"})
     assert raw(b.port, version).connect(client_id="x" * 23).rc == 0
     c = raw(b.port, version)
     assert c.connect(client_id="y" * 24).rc == code  # Identifier rejected / Client Identifier not valid
@@ -481,7 +481,7 @@ def test_client_id_longer_than_configured_maximum(start_broker, raw, version, co
 
 
 def test_listener_connection_limit(start_broker, raw):
-    b = start_broker({"TRIBUTARY__LISTENERS__TCP__DEFAULT__MAX_CONNECTIONS": "2"})
+    b = start_broker({"TRIBUTARY_LISTENERS__TCP__DEFAULT__MAX_CONNECTIONS": "2"})
 
     def connect_when_a_slot_is_free(client_id):
         # The fixture's readiness probe, or a connection just closed, may hold a slot for a moment.
@@ -545,7 +545,7 @@ def test_acl_deny_action_disconnect(start_broker, raw):
 def test_sys_topics_published_at_sys_interval(start_broker, client):
     # default.toml: node.sys_interval = "How often $SYS topics are published";
     # node.name is "a level of $SYS/brokers/{name}/... topics".
-    b = start_broker({"TRIBUTARY__NODE__SYS_INTERVAL": "1s"})
+    b = start_broker({"TRIBUTARY_NODE__SYS_INTERVAL": "1s"})
     s = client(b.port, "sys", V5)
     s.connect()
     s.subscribe("$SYS/#", 0)

@@ -22,7 +22,7 @@ def run(*args, config_text=None, env=None, tmp_path=None):
         path = tmp_path / "tributary.toml"
         path.write_text(config_text)
         argv += ["--config", str(path)]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY_")}
     full_env.update(env or {})
     return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=20)
 
@@ -46,14 +46,44 @@ def test_check_config_accepts_default_config(default_config, tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+def test_check_config_takes_the_file_as_an_argument(default_config, tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text(default_config)
+    out = run("check-config", str(good))
+    assert out.returncode == 0, out.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[mqtt]\nmax_inflight = 0\n")
+    out = run("check-config", str(bad))
+    assert out.returncode != 0
+    assert "mqtt.max_inflight" in out.stderr
+
+
+@pytest.mark.parametrize("var,needle", [
+    ("TRIBUTARY_MQTT__NO_SUCH_KEY", "mqtt.no_such_key"),
+    ("TRIBUTARY_NOT_A_KEY", "TRIBUTARY_NOT_A_KEY: not a configuration key"),
+    ("TRIBUTARY__MQTT__MAX_INFLIGHT", "one underscore"),
+])
+def test_unknown_tributary_variable_stops_start_up(var, needle):
+    out = run(env={var: "1"})
+    assert out.returncode != 0
+    assert needle in out.stderr, out.stderr
+
+
+def test_environment_overrides_the_file(tmp_path):
+    out = run("check-config", config_text="[mqtt]\nmax_inflight = 5\n", tmp_path=tmp_path,
+              env={"TRIBUTARY_MQTT__MAX_INFLIGHT": "0"})
+    # defaults < file < environment: the environment's invalid 0 wins and is named.
+    assert out.returncode != 0
+    assert "mqtt.max_inflight" in out.stderr and "TRIBUTARY_MQTT__MAX_INFLIGHT" in out.stderr
+
+
 def test_broker_runs_with_printed_default_config(default_config, tmp_path):
     port = free_port()
     cfg = tmp_path / "d.toml"
     cfg.write_text(default_config.replace('bind = "0.0.0.0:1883"', f'bind = "127.0.0.1:{port}"'))
-    # The default configuration is durable with a relative data directory:
-    # run where it may create one.
     proc = subprocess.Popen([str(BIN), "--config", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            env={k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY__")},
+                            env={k: v for k, v in os.environ.items() if not k.startswith("TRIBUTARY_")},
+                            # The default store is relative: run where it may create it.
                             cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
@@ -117,10 +147,10 @@ def test_valid_durations_accepted(tmp_path):
 
 
 def test_env_override_errors_name_key_and_variable():
-    out = run("check-config", env={"TRIBUTARY__MQTT__MAX_INFLIGHT": "0"})
+    out = run("check-config", env={"TRIBUTARY_MQTT__MAX_INFLIGHT": "0"})
     assert out.returncode != 0
-    assert "mqtt.max_inflight" in out.stderr and "TRIBUTARY__MQTT__MAX_INFLIGHT" in out.stderr
-    out = run("check-config", env={"TRIBUTARY__MQTT__MAX_PAKCET_SIZE": "5"})
+    assert "mqtt.max_inflight" in out.stderr and "TRIBUTARY_MQTT__MAX_INFLIGHT" in out.stderr
+    out = run("check-config", env={"TRIBUTARY_MQTT__MAX_PAKCET_SIZE": "5"})
     assert out.returncode != 0
     assert "mqtt.max_pakcet_size" in out.stderr
 

@@ -102,7 +102,7 @@ def test_observe_then_cancel(coap_broker, client):
 
 
 def test_connection_mode(coap_broker, client):
-    b = coap_broker(env={"TRIBUTARY__COAP__CONNECTION_REQUIRED": "true"})
+    b = coap_broker(env={"TRIBUTARY_COAP__CONNECTION_REQUIRED": "true"})
     sub = client(b.port, "sub")
     sub.connect()
     sub.subscribe("acm/#", 1)

@@ -58,7 +58,7 @@ def test_mqtt5_publish_to_coap_observer(coap_broker, raw_coap, client):
 
 
 def test_notify_type_non(coap_broker, raw_coap, client):
-    b = coap_broker(env={"TRIBUTARY__COAP__NOTIFY_TYPE": "non", "TRIBUTARY__COAP__MOUNTPOINT": "gw/"})
+    b = coap_broker(env={"TRIBUTARY_COAP__NOTIFY_TYPE": "non", "TRIBUTARY_COAP__MOUNTPOINT": "gw/"})
     c = raw_coap(b.coap_port)
     c.exchange(request(CON, GET, "ps/n", 1, b"\x01", options=((OBSERVE, b""),)))
     pub = client(b.port, "pub")

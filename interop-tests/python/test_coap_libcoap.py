@@ -71,7 +71,7 @@ def test_observe_notifies_and_deregisters(coap_broker, client):
 
 
 def test_connection_mode(coap_broker, client):
-    b = coap_broker(env={"TRIBUTARY__COAP__CONNECTION_REQUIRED": "true"})
+    b = coap_broker(env={"TRIBUTARY_COAP__CONNECTION_REQUIRED": "true"})
     sub = client(b.port, "sub")
     sub.connect()
     sub.subscribe("cm/#", 1)

@@ -101,8 +101,8 @@ def test_observe_1_deregisters(coap_broker, raw_coap, client):
 
 
 def test_unacknowledged_con_notification_is_retransmitted_then_observer_removed(coap_broker, raw_coap, client):
-    b = coap_broker(env={"TRIBUTARY__COAP__ACK_TIMEOUT": "200ms", "TRIBUTARY__COAP__MAX_RETRANSMIT": "2",
-                         "TRIBUTARY__COAP__NOTIFY_TYPE": "con"})
+    b = coap_broker(env={"TRIBUTARY_COAP__ACK_TIMEOUT": "200ms", "TRIBUTARY_COAP__MAX_RETRANSMIT": "2",
+                         "TRIBUTARY_COAP__NOTIFY_TYPE": "con"})
     c = raw_coap(b.coap_port)
     c.exchange(request(CON, GET, "ps/lost", 1, b"\x09", options=((OBSERVE, b""),)))
     pub = client(b.port, "pub")

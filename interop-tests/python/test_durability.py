@@ -58,20 +58,20 @@ class DurableBroker:
         env = dict(os.environ)
         env.pop("RUST_LOG", None)
         env.update({
-            "TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND": f"127.0.0.1:{self.port}",
-            "TRIBUTARY__MQTTSN__BIND": "127.0.0.1:0",
-            "TRIBUTARY__COAP__BIND": "127.0.0.1:0",
-            "TRIBUTARY__STOMP__BIND": "127.0.0.1:0",
-            "TRIBUTARY__STOMP__WS_BIND": "127.0.0.1:0",
-            "TRIBUTARY__LISTENERS__WS__DEFAULT__BIND": "127.0.0.1:0",
-            "TRIBUTARY__API__BIND": f"127.0.0.1:{self.api_port or 0}",
-            "TRIBUTARY__STORAGE__BACKEND": "fjall",
-            "TRIBUTARY__STORAGE__DATA_DIR": self.data_dir,
-            "TRIBUTARY__STORAGE__DURABILITY": self.durability,
-            "TRIBUTARY__STORAGE__BATCH_WINDOW": self.batch_window,
+            "TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND": f"127.0.0.1:{self.port}",
+            "TRIBUTARY_MQTTSN__BIND": "127.0.0.1:0",
+            "TRIBUTARY_COAP__BIND": "127.0.0.1:0",
+            "TRIBUTARY_STOMP__BIND": "127.0.0.1:0",
+            "TRIBUTARY_STOMP__WS_BIND": "127.0.0.1:0",
+            "TRIBUTARY_LISTENERS__WS__DEFAULT__BIND": "127.0.0.1:0",
+            "TRIBUTARY_API__BIND": f"127.0.0.1:{self.api_port or 0}",
+            "TRIBUTARY_STORAGE__BACKEND": "fjall",
+            "TRIBUTARY_STORAGE__DATA_DIR": self.data_dir,
+            "TRIBUTARY_STORAGE__DURABILITY": self.durability,
+            "TRIBUTARY_STORAGE__BATCH_WINDOW": self.batch_window,
             # Room for every message of a test: the queue bound is not under test here.
-            "TRIBUTARY__MQTT__MAX_MQUEUE_LEN": "100000",
-            "TRIBUTARY__LOG__LEVEL": "info",
+            "TRIBUTARY_MQTT__MAX_MQUEUE_LEN": "100000",
+            "TRIBUTARY_LOG__LEVEL": "info",
             "NO_COLOR": "1",
         })
         args = ["--config", self.config] if self.config else []

@@ -22,7 +22,7 @@ from sec import API_CONFIG, API_KEY, API_SECRET, api, free_port, wait_port
 def node(start_broker):
     """A broker with the API on a known port: (broker, api port)."""
     port = free_port()
-    broker = start_broker(env={"TRIBUTARY__API__BIND": f"127.0.0.1:{port}"}, config=API_CONFIG)
+    broker = start_broker(env={"TRIBUTARY_API__BIND": f"127.0.0.1:{port}"}, config=API_CONFIG)
     wait_port(port)
     return broker, port
 
@@ -267,14 +267,14 @@ def test_ctl(node, client):
 
 def test_json_logs(start_broker):
     import json
-    broker = start_broker(env={"TRIBUTARY__LOG__FORMAT": "json"})
+    broker = start_broker(env={"TRIBUTARY_LOG__FORMAT": "json"})
     first = broker.output().splitlines()[0]
     record = json.loads(first)
     assert record["level"] == "INFO" and "fields" in record
 
 
 def test_sys_topics_carry_the_new_counters(start_broker, client):
-    broker = start_broker(env={"TRIBUTARY__NODE__SYS_INTERVAL": "200ms"})
+    broker = start_broker(env={"TRIBUTARY_NODE__SYS_INTERVAL": "200ms"})
     c = client(broker.port, "sys-reader")
     c.connect()
     assert c.subscribe("$SYS/brokers/+/metrics/#", 0) == [0]
@@ -285,3 +285,53 @@ def test_sys_topics_carry_the_new_counters(start_broker, client):
         m = c.expect()
         seen[m.topic.rsplit("/", 1)[1]] = int(m.payload)
     assert seen["auth_success"] >= 1 and seen["bytes_received"] > 0
+
+
+def test_prometheus_counts_per_protocol_qos_reason_and_queue_depth(start_broker, client):
+    from stomp_support import RawStomp
+
+    port, stomp_port = free_port(), free_port()
+    broker = start_broker(env={"TRIBUTARY_API__BIND": f"127.0.0.1:{port}",
+                               "TRIBUTARY_STOMP__BIND": f"127.0.0.1:{stomp_port}"}, config=API_CONFIG)
+    wait_port(port)
+    wait_port(stomp_port)
+    sub = client(broker.port, "depth-sub", clean_session=False)
+    sub.connect()
+    sub.subscribe("depth/#", 1)
+    sub.disconnect()
+    pub = client(broker.port, "depth-pub")
+    pub.connect()
+    for i in range(3):
+        pub.publish("depth/a", str(i).encode(), qos=1)
+    s = RawStomp(stomp_port)
+    s.send(b"CONNECT\naccept-version:1.2\nhost:x\n\n\0")
+    assert s.frame()[0] == "CONNECTED"
+    s.send(b"SEND\ndestination:depth/s\nreceipt:r\n\nstomp\0")
+    assert s.frame()[0] == "RECEIPT"
+
+    def scrape():
+        status, text, _ = api(port, "GET", "/api/v5/prometheus/stats")
+        assert status == 200
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        return lambda fam, **labels: sum(
+            x.value for x in fams[fam].samples if all(x.labels.get(k) == v for k, v in labels.items()))
+
+    v = scrape()
+    assert v("tributary_protocol_messages_received", protocol="mqtt", qos="1") == 3
+    assert v("tributary_protocol_messages_received", protocol="stomp", qos="0") == 1
+    # mqueue_store_qos0 = true (as EMQX): the STOMP QoS 0 message is queued too.
+    assert v("tributary_queued_messages", protocol="mqtt") == 4
+    assert v("tributary_messages_dropped", reason="offline_qos0") == 0
+    assert v("tributary_messages_dropped", reason="queue_full") == 0
+    assert v("tributary_messages_qos1_received") == 3 and v("tributary_messages_qos0_received") == 1
+    # The UDP gateways' own counters are exported too.
+    assert v("tributary_gateway_datagrams_received", gateway="mqtt-sn") == 0
+    assert v("tributary_gateway_peers", gateway="coap") == 0
+    back = client(broker.port, "depth-sub", clean_session=False)
+    back.connect()
+    assert sorted(m.payload for m in back.expect_n(4)) == [b"0", b"1", b"2", b"stomp"]
+    v = scrape()
+    assert v("tributary_protocol_messages_sent", protocol="mqtt", qos="1") == 3
+    assert v("tributary_protocol_messages_sent", protocol="mqtt", qos="0") == 1
+    assert v("tributary_messages_qos1_sent") == 3
+    assert v("tributary_queued_messages", protocol="mqtt") == 0

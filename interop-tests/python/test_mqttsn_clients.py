@@ -77,7 +77,7 @@ def test_qos_minus_one_with_predefined_topic(start_sn, client):
 
 
 def test_will_is_published_when_the_client_vanishes(start_sn, client):
-    b = start_sn(env={"TRIBUTARY__MQTTSN__IDLE_TIMEOUT": "1s"})
+    b = start_sn(env={"TRIBUTARY_MQTTSN__IDLE_TIMEOUT": "1s"})
     m = client(b.port, "mqtt-sub")
     m.connect()
     m.subscribe("wills/#", 0)

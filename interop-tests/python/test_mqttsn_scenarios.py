@@ -23,7 +23,7 @@ topic = "pre/one"
 
 
 def test_searchgw_is_answered_with_gwinfo(start_sn, sn):
-    b = start_sn(env={"TRIBUTARY__MQTTSN__GATEWAY_ID": "42"})
+    b = start_sn(env={"TRIBUTARY_MQTTSN__GATEWAY_ID": "42"})
     c = sn(b.sn_port)
     c.send(SEARCHGW, b"\x01")
     assert c.expect(GWINFO) == b"\x2a"
@@ -82,7 +82,7 @@ def test_qos_minus_one_predefined_and_short(start_sn, sn, client):
 
 
 def test_qos_minus_one_can_be_switched_off(start_sn, sn, client):
-    b = start_sn(env={"TRIBUTARY__MQTTSN__ENABLE_QOS3": "false"})
+    b = start_sn(env={"TRIBUTARY_MQTTSN__ENABLE_QOS3": "false"})
     m = client(b.port, "mqtt-sub")
     m.connect()
     m.subscribe("#", 0)
@@ -129,7 +129,7 @@ def test_gateway_registers_topics_for_wildcard_subscriptions(sn_broker, sn, clie
 
 
 def test_publish_dropped_by_the_client_is_retransmitted(start_sn, sn, client):
-    b = start_sn(env={"TRIBUTARY__MQTTSN__RETRY_INTERVAL": "1s"})
+    b = start_sn(env={"TRIBUTARY_MQTTSN__RETRY_INTERVAL": "1s"})
     c = sn(b.sn_port)
     c.connect("lossy")
     c.subscribe("ab", qos=1, kind=SHORT)
@@ -148,7 +148,7 @@ def test_publish_dropped_by_the_client_is_retransmitted(start_sn, sn, client):
 
 
 def test_client_that_never_acknowledges_is_lost_after_nretry(start_sn, sn, client):
-    b = start_sn(env={"TRIBUTARY__MQTTSN__RETRY_INTERVAL": "1s", "TRIBUTARY__MQTTSN__MAX_RETRIES": "2"})
+    b = start_sn(env={"TRIBUTARY_MQTTSN__RETRY_INTERVAL": "1s", "TRIBUTARY_MQTTSN__MAX_RETRIES": "2"})
     m = client(b.port, "mqtt")
     m.connect()
     m.subscribe("wills/#", 0)
@@ -218,9 +218,9 @@ def test_periodic_advertise(start_sn):
     listener.settimeout(5)
     try:
         to = f"127.0.0.1:{listener.getsockname()[1]}"
-        start_sn(env={"TRIBUTARY__MQTTSN__GATEWAY_ID": "9", "TRIBUTARY__MQTTSN__ADVERTISE__ENABLED": "true",
-                      "TRIBUTARY__MQTTSN__ADVERTISE__INTERVAL": "1s",
-                      "TRIBUTARY__MQTTSN__ADVERTISE__BROADCAST": to})
+        start_sn(env={"TRIBUTARY_MQTTSN__GATEWAY_ID": "9", "TRIBUTARY_MQTTSN__ADVERTISE__ENABLED": "true",
+                      "TRIBUTARY_MQTTSN__ADVERTISE__INTERVAL": "1s",
+                      "TRIBUTARY_MQTTSN__ADVERTISE__BROADCAST": to})
         for _ in range(2):  # at start, then every interval
             data, _ = listener.recvfrom(64)
             assert parse(data) == (0x00, bytes([9, 0, 1])), data

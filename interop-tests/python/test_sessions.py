@@ -378,7 +378,7 @@ def test_takeover_moves_inflight_messages(port, raw, client):
 
 def test_v311_retry_interval_resends_while_connected(start_broker, raw, client):
     # Config retry_interval: MQTT 3.1.1 QoS 1 PUBLISH unacknowledged are resent with DUP.
-    b = start_broker({"TRIBUTARY__MQTT__RETRY_INTERVAL": "1s"})
+    b = start_broker({"TRIBUTARY_MQTT__RETRY_INTERVAL": "1s"})
     sub = raw(b.port, rawmqtt.V311)
     sub.connect(client_id="retry")
     sub.subscribe([("retry/t", 1)])
@@ -392,7 +392,7 @@ def test_v311_retry_interval_resends_while_connected(start_broker, raw, client):
 
 def test_v5_no_resend_while_connected(start_broker, raw, client):
     # MQTT 5 [MQTT-4.4.0-1]: resending is only allowed on reconnect, never during a connection.
-    b = start_broker({"TRIBUTARY__MQTT__RETRY_INTERVAL": "1s"})
+    b = start_broker({"TRIBUTARY_MQTT__RETRY_INTERVAL": "1s"})
     sub = raw(b.port, rawmqtt.V5)
     sub.connect(client_id="noretry")
     sub.subscribe([("retry/t", 1)])
@@ -406,7 +406,7 @@ def test_v5_no_resend_while_connected(start_broker, raw, client):
 
 @pytest.mark.parametrize("policy,expected", [("drop_oldest", [b"2", b"3", b"4"]), ("drop_newest", [b"0", b"1", b"2"])])
 def test_offline_queue_overflow_policy(start_broker, raw, client, policy, expected):
-    b = start_broker({"TRIBUTARY__MQTT__MAX_MQUEUE_LEN": "3", "TRIBUTARY__MQTT__MQUEUE_OVERFLOW": policy})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_MQUEUE_LEN": "3", "TRIBUTARY_MQTT__MQUEUE_OVERFLOW": policy})
     go_offline_raw(b.port, raw, rawmqtt.V311, "ovf", [("ovf/t", 1)])
     pub = client(b.port, "pub", V311)
     pub.connect()
@@ -419,7 +419,7 @@ def test_offline_queue_overflow_policy(start_broker, raw, client, policy, expect
 
 
 def test_max_inflight_window_for_v311(start_broker, raw, client):
-    b = start_broker({"TRIBUTARY__MQTT__MAX_INFLIGHT": "2"})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_INFLIGHT": "2"})
     sub = raw(b.port, rawmqtt.V311)
     sub.connect(client_id="win")
     sub.subscribe([("win/t", 1)])
@@ -441,7 +441,7 @@ def test_upgrade_qos(start_broker, client, sub_qos, pub_qos):
     # upgrade_qos = true delivers at the subscription's QoS, as EMQX's `upgrade_qos` ("force
     # upgrade of QoS level according to subscription"). NB default.toml describes it
     # differently ("Deliver at the publish QoS even when the subscription's QoS is lower").
-    b = start_broker({"TRIBUTARY__MQTT__UPGRADE_QOS": "true"})
+    b = start_broker({"TRIBUTARY_MQTT__UPGRADE_QOS": "true"})
     sub, pub = client(b.port, "s", V311), client(b.port, "p", V311)
     sub.connect()
     pub.connect()

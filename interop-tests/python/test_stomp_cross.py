@@ -27,7 +27,7 @@ def test_stomp_send_to_mqtt5_subscriber(stomp_broker, client):
 
 
 def test_stomp_send_qos1_to_mqtt311(start_stomp, client):
-    b = start_stomp(env={"TRIBUTARY__STOMP__SEND_QOS": "1"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__SEND_QOS": "1"})
     sub = client(b.port, "v3-sub", V311)
     sub.connect()
     sub.subscribe("q1/x", 1)
@@ -83,7 +83,7 @@ def test_retained_mqtt_message_on_stomp_subscribe(stomp_broker, client):
 
 
 def test_mountpoint_is_hidden_from_stomp_clients(start_stomp, client):
-    b = start_stomp(env={"TRIBUTARY__STOMP__MOUNTPOINT": "stomp/"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__MOUNTPOINT": "stomp/"})
     sub = client(b.port, "m", V311)
     sub.connect()
     sub.subscribe("stomp/#", 0)

@@ -78,7 +78,7 @@ def test_wildcards_and_content_type(stomp_broker):
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_client_ack_is_cumulative(start_stomp, version):
-    b = start_stomp(env={"TRIBUTARY__STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY__STOMP__MAX_INFLIGHT": "3"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY_STOMP__MAX_INFLIGHT": "3"})
     conn, l = connect(b.stomp_port, version)
     subscribe(conn, version, "q/client", "c", ack="client", receipt="r")
     assert l.receipt() == "r"
@@ -97,7 +97,7 @@ def test_client_ack_is_cumulative(start_stomp, version):
 
 @pytest.mark.parametrize("version", ["1.1", "1.2"])
 def test_client_individual_and_nack(start_stomp, version):
-    b = start_stomp(env={"TRIBUTARY__STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY__STOMP__MAX_INFLIGHT": "2"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY_STOMP__MAX_INFLIGHT": "2"})
     conn, l = connect(b.stomp_port, version)
     subscribe(conn, version, "q/ind", "i", ack="client-individual", receipt="r")
     assert l.receipt() == "r"
@@ -116,7 +116,7 @@ def test_client_individual_and_nack(start_stomp, version):
 
 
 def test_auto_ack_flows_freely(start_stomp):
-    b = start_stomp(env={"TRIBUTARY__STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY__STOMP__MAX_INFLIGHT": "2"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY_STOMP__MAX_INFLIGHT": "2"})
     conn, l = connect(b.stomp_port)
     conn.subscribe(destination="q/auto", id="a", ack="auto", receipt="r")
     assert l.receipt() == "r"
@@ -145,7 +145,7 @@ def test_transactions(stomp_broker, version):
 
 
 def test_ack_inside_transaction(start_stomp):
-    b = start_stomp(env={"TRIBUTARY__STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY__STOMP__MAX_INFLIGHT": "1"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY_STOMP__MAX_INFLIGHT": "1"})
     conn, l = connect(b.stomp_port)
     conn.subscribe(destination="tx/ack", id="x", ack="client-individual", receipt="r")
     assert l.receipt() == "r"
@@ -161,7 +161,7 @@ def test_ack_inside_transaction(start_stomp):
 
 
 def test_server_heart_beats_keep_a_client_alive(start_stomp):
-    b = start_stomp(env={"TRIBUTARY__STOMP__HEARTBEAT_SEND": "200ms", "TRIBUTARY__STOMP__HEARTBEAT_RECEIVE": "200ms"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__HEARTBEAT_SEND": "200ms", "TRIBUTARY_STOMP__HEARTBEAT_RECEIVE": "200ms"})
     conn = stomp.Connection12([("127.0.0.1", b.stomp_port)], heartbeats=(200, 200))
     l = Collector()
     conn.set_listener("c", l)
@@ -173,7 +173,7 @@ def test_server_heart_beats_keep_a_client_alive(start_stomp):
 
 
 def test_silent_client_is_closed(start_stomp):
-    b = start_stomp(env={"TRIBUTARY__STOMP__HEARTBEAT_RECEIVE": "200ms"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__HEARTBEAT_RECEIVE": "200ms"})
     raw = RawStomp(b.stomp_port)
     raw.send(b"CONNECT\naccept-version:1.2\nhost:h\nheart-beat:200,0\n\n\0")
     cmd, headers, _ = raw.frame()
@@ -227,7 +227,7 @@ def test_nul_bytes_in_body(stomp_broker):
 
 
 def test_login_required_when_anonymous_is_off(start_stomp):
-    b = start_stomp(env={"TRIBUTARY__AUTHENTICATION__ALLOW_ANONYMOUS": "false"})
+    b = start_stomp(env={"TRIBUTARY_AUTHENTICATION__ALLOW_ANONYMOUS": "false"})
     raw = RawStomp(b.stomp_port)
     raw.send(b"CONNECT\naccept-version:1.2\nhost:h\n\n\0")
     cmd, headers, _ = raw.frame()
@@ -241,7 +241,7 @@ def test_login_required_when_anonymous_is_off(start_stomp):
 
 def test_unacked_redelivered_to_same_client_id(start_stomp):
     # Redelivery needs QoS 1 end to end: the message (SEND QoS) and the subscription.
-    b = start_stomp(env={"TRIBUTARY__STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY__STOMP__SEND_QOS": "1"})
+    b = start_stomp(env={"TRIBUTARY_STOMP__SUBSCRIBE_QOS": "1", "TRIBUTARY_STOMP__SEND_QOS": "1"})
     conn = stomp.Connection12([("127.0.0.1", b.stomp_port)])
     l = Collector()
     conn.set_listener("c", l)

@@ -20,27 +20,14 @@ import pytest
 
 import rawmqtt
 from clients import V5, V311
-from sec import Pki, mqtt_client, free_port, wait_port
+from sec import Pki, free_port, mqtt_client, ssl_options, wait_port
 
 
 def tls_config(port: int, certfile: str, keyfile: str, extra: str = "") -> str:
     return f"""
 [listeners.ssl.default]
 bind = "127.0.0.1:{port}"
-
-[listeners.ssl.default.ssl_options]
-certfile = "{certfile}"
-keyfile = "{keyfile}"
-reload_interval = "0s"
-{extra}
-"""
-
-
-@pytest.fixture
-def pki(tmp_path):
-    ca = Pki(tmp_path / "ca")
-    ca.server = ca.issue("localhost", server=True, stem="server")
-    return ca
+""" + ssl_options("listeners.ssl.default.ssl_options", certfile, keyfile, extra)
 
 
 def start_tls(start_broker, pki, extra="", config_extra=""):

@@ -290,7 +290,7 @@ def test_client_maximum_packet_size(port, client):
 
 
 def test_server_maximum_packet_size(start_broker, raw):
-    b = start_broker({"TRIBUTARY__MQTT__MAX_PACKET_SIZE": "1024"})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_PACKET_SIZE": "1024"})
     r = raw(b.port, rawmqtt.V5)
     ack = r.connect(client_id="big")
     assert ack.props[rawmqtt.MAXIMUM_PACKET_SIZE] == 1024
@@ -303,7 +303,7 @@ def test_server_maximum_packet_size(start_broker, raw):
 def test_server_receive_maximum_enforced(start_broker, raw):
     # MQTT 5 §3.3.4: more unacknowledged incoming QoS 2 PUBLISH than the server's Receive
     # Maximum → DISCONNECT 0x93 (Receive Maximum exceeded).
-    b = start_broker({"TRIBUTARY__MQTT__RECEIVE_MAXIMUM": "2"})
+    b = start_broker({"TRIBUTARY_MQTT__RECEIVE_MAXIMUM": "2"})
     r = raw(b.port, rawmqtt.V5)
     assert r.connect(client_id="flood").props[rawmqtt.RECEIVE_MAXIMUM] == 2
     for pid in (1, 2):
@@ -334,7 +334,7 @@ def test_request_problem_information(start_broker, raw):
 
 
 def test_server_keep_alive(start_broker, client):
-    b = start_broker({"TRIBUTARY__MQTT__SERVER_KEEP_ALIVE": "60"})
+    b = start_broker({"TRIBUTARY_MQTT__SERVER_KEEP_ALIVE": "60"})
     c = client(b.port, "ska", V5, keepalive=10)
     _, _, p = c.connect()
     assert p.ServerKeepAlive == 60  # [MQTT-3.2.2-21]
@@ -342,7 +342,7 @@ def test_server_keep_alive(start_broker, client):
 
 def test_server_keep_alive_is_enforced(start_broker, raw):
     # [MQTT-3.2.2-22]: the client must use the server's value, so the server enforces it.
-    b = start_broker({"TRIBUTARY__MQTT__SERVER_KEEP_ALIVE": "1"})
+    b = start_broker({"TRIBUTARY_MQTT__SERVER_KEEP_ALIVE": "1"})
     r = raw(b.port, rawmqtt.V5)
     ack = r.connect(client_id="ska1", keepalive=600)
     assert ack.props[rawmqtt.SERVER_KEEP_ALIVE] == 1
@@ -360,9 +360,9 @@ def test_session_expiry_capped_and_announced(port, raw):
 
 
 def test_connack_announces_configured_limits(start_broker, raw):
-    b = start_broker({"TRIBUTARY__MQTT__MAX_QOS_ALLOWED": "1", "TRIBUTARY__MQTT__RETAIN_AVAILABLE": "false",
-                      "TRIBUTARY__MQTT__WILDCARD_SUBSCRIPTION": "false",
-                      "TRIBUTARY__MQTT__SHARED_SUBSCRIPTION": "false", "TRIBUTARY__MQTT__MAX_TOPIC_ALIAS": "3"})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_QOS_ALLOWED": "1", "TRIBUTARY_MQTT__RETAIN_AVAILABLE": "false",
+                      "TRIBUTARY_MQTT__WILDCARD_SUBSCRIPTION": "false",
+                      "TRIBUTARY_MQTT__SHARED_SUBSCRIPTION": "false", "TRIBUTARY_MQTT__MAX_TOPIC_ALIAS": "3"})
     r = raw(b.port, rawmqtt.V5)
     ack = r.connect(client_id="limits")
     assert ack.props[rawmqtt.MAXIMUM_QOS] == 1
@@ -376,7 +376,7 @@ def test_connack_announces_configured_limits(start_broker, raw):
 
 def test_qos_above_maximum_qos_disconnects(start_broker, raw):
     # [MQTT-3.2.2-11]: a PUBLISH above the announced Maximum QoS → DISCONNECT 0x9B.
-    b = start_broker({"TRIBUTARY__MQTT__MAX_QOS_ALLOWED": "1"})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_QOS_ALLOWED": "1"})
     r = raw(b.port, rawmqtt.V5)
     r.connect(client_id="q2")
     r.publish("q/t", b"x", qos=2, packet_id=1)
@@ -385,7 +385,7 @@ def test_qos_above_maximum_qos_disconnects(start_broker, raw):
 
 def test_retain_when_unavailable_disconnects(start_broker, raw):
     # [MQTT-3.2.2-14]: a retained PUBLISH when Retain Available is 0 → DISCONNECT 0x9A.
-    b = start_broker({"TRIBUTARY__MQTT__RETAIN_AVAILABLE": "false"})
+    b = start_broker({"TRIBUTARY_MQTT__RETAIN_AVAILABLE": "false"})
     r = raw(b.port, rawmqtt.V5)
     r.connect(client_id="ret")
     r.publish("r/t", b"x", qos=0, retain=True)
@@ -419,7 +419,7 @@ def test_auth_packet_without_authentication_method(port, raw):
 
 def test_server_maximum_packet_size_boundary(start_broker, raw):
     # Maximum Packet Size is the total packet size, fixed header included (MQTT 5 §3.2.2.3.6).
-    b = start_broker({"TRIBUTARY__MQTT__MAX_PACKET_SIZE": "1024"})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_PACKET_SIZE": "1024"})
     for total, accepted in ((1024, True), (1025, False)):
         r = raw(b.port, rawmqtt.V5)
         r.connect(client_id=f"edge{total}")
@@ -456,7 +456,7 @@ def test_client_maximum_packet_size_boundary(port, raw, client):
 def test_max_keep_alive_caps_client_keep_alive(start_broker, raw, requested, announced):
     # mqtt.max_keep_alive: a longer or zero keep-alive is cut to the cap and announced as
     # Server Keep Alive; a shorter one is kept (no property) [MQTT-3.2.2-21].
-    b = start_broker({"TRIBUTARY__MQTT__MAX_KEEP_ALIVE": "60"})
+    b = start_broker({"TRIBUTARY_MQTT__MAX_KEEP_ALIVE": "60"})
     ack = raw(b.port, rawmqtt.V5).connect(client_id=f"cap{requested}", keepalive=requested)
     assert ack.props.get(rawmqtt.SERVER_KEEP_ALIVE) == announced
 

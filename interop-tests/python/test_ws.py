@@ -22,10 +22,10 @@ from sec import API_CONFIG, Pki, api, free_port, mqtt_client, wait_port
 
 def ws_broker(start_broker, extra: str = "", api_port: int | None = None):
     port = free_port()
-    env = {"TRIBUTARY__LISTENERS__WS__DEFAULT__BIND": f"127.0.0.1:{port}"}
+    env = {"TRIBUTARY_LISTENERS__WS__DEFAULT__BIND": f"127.0.0.1:{port}"}
     config = extra
     if api_port is not None:
-        env["TRIBUTARY__API__BIND"] = f"127.0.0.1:{api_port}"
+        env["TRIBUTARY_API__BIND"] = f"127.0.0.1:{api_port}"
         config += API_CONFIG
     broker = start_broker(env=env, config=config or None)
     wait_port(port)

@@ -9,14 +9,14 @@
 //! # Layout
 //! - [`TestBroker`]: one gateway process on a free loopback port, killed on
 //!   drop; its stderr goes to a file that is printed if the test panics.
-//! - [`broker_binary`]: where the executable is (`TRIBUTARY_BIN`, else the
+//! - [`broker_binary`]: where the executable is (`GATEWAY_BIN`, else the
 //!   workspace's `target/debug/tributary`).
 //!
 //! The helper is synchronous on purpose (std only): it has no runtime to
 //! share with the test, and starting a process is a blocking act anyway.
 //! The binary is not built here; run `cargo build -p tributary` first.
 //! The process inherits the test's environment, so `RUST_LOG=debug` or any
-//! `TRIBUTARY__...` override set when running the tests reaches the
+//! `TRIBUTARY_...` override set when running the tests reaches the
 //! gateway; the listener address is always set by [`TestBroker`].
 
 use std::fs::File;
@@ -47,11 +47,11 @@ static INSTANCE: AtomicUsize = AtomicUsize::new(0);
 
 /// Path of the `tributary` executable under test.
 ///
-/// `TRIBUTARY_BIN` wins when set; otherwise `<workspace>/target/debug/tributary`,
+/// `GATEWAY_BIN` wins when set; otherwise `<workspace>/target/debug/tributary`,
 /// derived from this crate's manifest directory (the workspace root is its
 /// parent). Panics, saying how to build it, when the file does not exist.
 pub fn broker_binary() -> PathBuf {
-    let path = match std::env::var_os("TRIBUTARY_BIN") {
+    let path = match std::env::var_os("GATEWAY_BIN") {
         Some(p) => PathBuf::from(p),
         None => {
             let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -62,7 +62,7 @@ pub fn broker_binary() -> PathBuf {
     assert!(
         path.is_file(),
         "tributary binary not found at {}: run `cargo build -p tributary` first \
-         (or set TRIBUTARY_BIN to the executable)",
+         (or set GATEWAY_BIN to the executable)",
         path.display()
     );
     path
@@ -103,7 +103,7 @@ impl TestBroker {
     }
 
     /// Start the gateway with extra environment overrides, e.g.
-    /// `("TRIBUTARY__MQTT__MAX_INFLIGHT", "8")`.
+    /// `("TRIBUTARY_MQTT__MAX_INFLIGHT", "8")`.
     ///
     /// Blocks until the listener accepts TCP connections (at most ten
     /// seconds per attempt) and panics, printing the gateway's stderr, if
@@ -122,19 +122,19 @@ impl TestBroker {
             let log = File::create(&log_path).expect("cannot create the broker's stderr file");
             let mut command = Command::new(&binary);
             command
-                .env("TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND", addr.to_string())
+                .env("TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND", addr.to_string())
                 // Concurrent brokers must not fight over the MQTT-SN UDP port.
-                .env("TRIBUTARY__MQTTSN__BIND", "127.0.0.1:0")
+                .env("TRIBUTARY_MQTTSN__BIND", "127.0.0.1:0")
                 // ... nor over the CoAP one.
-                .env("TRIBUTARY__COAP__BIND", "127.0.0.1:0")
+                .env("TRIBUTARY_COAP__BIND", "127.0.0.1:0")
                 // ... nor over STOMP's (TCP and HTTP).
-                .env("TRIBUTARY__STOMP__BIND", "127.0.0.1:0")
-                .env("TRIBUTARY__STOMP__WS_BIND", "127.0.0.1:0")
+                .env("TRIBUTARY_STOMP__BIND", "127.0.0.1:0")
+                .env("TRIBUTARY_STOMP__WS_BIND", "127.0.0.1:0")
                 // ... nor over the WebSocket and HTTP API ports.
-                .env("TRIBUTARY__LISTENERS__WS__DEFAULT__BIND", "127.0.0.1:0")
-                .env("TRIBUTARY__API__BIND", "127.0.0.1:0")
+                .env("TRIBUTARY_LISTENERS__WS__DEFAULT__BIND", "127.0.0.1:0")
+                .env("TRIBUTARY_API__BIND", "127.0.0.1:0")
                 // No test shares a store: in memory unless a test says otherwise.
-                .env("TRIBUTARY__STORAGE__BACKEND", "memory")
+                .env("TRIBUTARY_STORAGE__BACKEND", "memory")
                 // The log goes to a file: no colour escapes.
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())

@@ -667,7 +667,7 @@ async fn second_connection_with_same_client_id_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_subscription_delivers_each_message_to_exactly_one_member() {
     let broker = TestBroker::start_with_env(&[(
-        "TRIBUTARY__MQTT__SHARED_SUBSCRIPTION_STRATEGY",
+        "TRIBUTARY_MQTT__SHARED_SUBSCRIPTION_STRATEGY",
         "round_robin",
     )]);
     let mut members = Vec::new();

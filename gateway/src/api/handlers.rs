@@ -71,8 +71,9 @@ fn message_id() -> String {
 }
 
 fn publish_one(state: &ApiState, req: PublishRequest) -> Result<Value, ApiError> {
-    let levels = state.broker.config().max_topic_levels;
-    tributary_core::topic::validate_topic_name(&req.topic, levels)
+    state
+        .broker
+        .check_topic_name(&req.topic)
         .map_err(|e| ApiError::bad_request(format!("invalid topic {:?}: {e}", req.topic)))?;
     let qos = QoS::from_u8(req.qos)
         .ok_or_else(|| ApiError::bad_request(format!("qos must be 0, 1 or 2, got {}", req.qos)))?;
@@ -97,6 +98,7 @@ fn publish_one(state: &ApiState, req: PublishRequest) -> Result<Value, ApiError>
     let now = now();
     let message = message.with_expiry_interval(p.message_expiry_interval, now);
     let id = message_id();
+    state.broker.metrics().message_in("http", message.qos);
     if state.broker.publish(message, now) == 0 {
         Ok(json!({"id": id, "reason_code": 16, "message": "no_matching_subscribers"}))
     } else {

@@ -63,6 +63,29 @@ pub struct ApiState {
     pub started: Instant,
     /// Accepted (key, secret) pairs.
     keys: Arc<Vec<(String, String)>>,
+    /// The UDP gateways' own counters.
+    pub gateways: Vec<GatewayCounters>,
+}
+
+/// Reads one series of a gateway's counters: (name, is a gauge, value).
+pub type CounterSnapshot = dyn Fn() -> Vec<(&'static str, bool, u64)> + Send + Sync;
+
+/// A gateway's own counters (datagrams, peers, …), exported to Prometheus
+/// as `tributary_gateway_{name}{gateway="…"}`.
+#[derive(Clone)]
+pub struct GatewayCounters {
+    /// The gateway (`mqtt-sn`, `coap`).
+    pub gateway: &'static str,
+    /// Reads the counters.
+    pub snapshot: Arc<CounterSnapshot>,
+}
+
+impl std::fmt::Debug for GatewayCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayCounters")
+            .field("gateway", &self.gateway)
+            .finish()
+    }
 }
 
 impl ApiState {
@@ -87,7 +110,14 @@ impl ApiState {
                     .map(|k| (k.key.clone(), k.secret.clone()))
                     .collect(),
             ),
+            gateways: Vec::new(),
         }
+    }
+
+    /// Also export these gateways' counters.
+    pub fn with_gateways(mut self, gateways: Vec<GatewayCounters>) -> ApiState {
+        self.gateways = gateways;
+        self
     }
 }
 

@@ -14,7 +14,13 @@ use axum::response::{IntoResponse, Response};
 use super::ApiState;
 
 /// Metrics that are gauges (current values); the rest are counters.
-const GAUGES: &[&str] = &["connections", "sessions", "subscriptions", "retained"];
+const GAUGES: &[&str] = &[
+    "connections",
+    "sessions",
+    "subscriptions",
+    "retained",
+    "store_disk_bytes",
+];
 
 fn help(name: &str) -> String {
     name.replace('_', " ")
@@ -66,6 +72,102 @@ pub fn render(state: &ApiState) -> String {
             "tributary_clients_online{{protocol=\"{protocol}\"}} {n}"
         );
     }
+    let m = state.broker.metrics();
+    family(
+        &mut out,
+        "messages_dropped_total",
+        "counter",
+        "Messages dropped, by reason.",
+    );
+    for (reason, counter) in [
+        ("queue_full", &m.messages_dropped_queue_full),
+        ("offline_qos0", &m.messages_dropped_offline_qos0),
+        ("expired", &m.messages_dropped_expired),
+        ("too_large", &m.messages_dropped_too_large),
+        ("no_subscribers", &m.messages_no_subscribers),
+        ("publish_denied", &m.publish_denied),
+    ] {
+        let _ = writeln!(
+            out,
+            "tributary_messages_dropped_total{{reason=\"{reason}\"}} {}",
+            counter.load(Ordering::Relaxed)
+        );
+    }
+    let by_protocol = m.by_protocol.snapshot();
+    for (name, text, pick) in [
+        (
+            "protocol_messages_received_total",
+            "Messages received from clients, by protocol and QoS.",
+            0usize,
+        ),
+        (
+            "protocol_messages_sent_total",
+            "Messages sent to clients, by protocol and QoS.",
+            1,
+        ),
+    ] {
+        family(&mut out, name, "counter", text);
+        for (protocol, qos, received, sent) in &by_protocol {
+            let v = if pick == 0 { received } else { sent };
+            let _ = writeln!(
+                out,
+                "tributary_{name}{{protocol=\"{protocol}\",qos=\"{qos}\"}} {v}"
+            );
+        }
+    }
+    let depths = state.broker.queue_depths();
+    family(
+        &mut out,
+        "queued_messages",
+        "gauge",
+        "Messages waiting in session queues, by the sessions' protocol.",
+    );
+    for (protocol, queued, _) in &depths {
+        let _ = writeln!(
+            out,
+            "tributary_queued_messages{{protocol=\"{protocol}\"}} {queued}"
+        );
+    }
+    family(
+        &mut out,
+        "inflight_messages",
+        "gauge",
+        "Messages sent and awaiting acknowledgement, by the sessions' protocol.",
+    );
+    for (protocol, _, inflight) in &depths {
+        let _ = writeln!(
+            out,
+            "tributary_inflight_messages{{protocol=\"{protocol}\"}} {inflight}"
+        );
+    }
+    // One family per counter name, whichever gateways have it.
+    type Series<'a> = (&'a str, Vec<(&'a str, u64)>);
+    let mut gateway_series: BTreeMap<String, Series> = BTreeMap::new();
+    for g in &state.gateways {
+        for (name, gauge, value) in (g.snapshot)() {
+            let (metric, kind) = if gauge {
+                (format!("gateway_{name}"), "gauge")
+            } else {
+                (format!("gateway_{name}_total"), "counter")
+            };
+            gateway_series
+                .entry(metric)
+                .or_insert((kind, Vec::new()))
+                .1
+                .push((g.gateway, value));
+        }
+    }
+    for (metric, (kind, values)) in &gateway_series {
+        family(
+            &mut out,
+            metric,
+            kind,
+            &format!("Gateway counter {}.", help(metric)),
+        );
+        for (gateway, value) in values {
+            let _ = writeln!(out, "tributary_{metric}{{gateway=\"{gateway}\"}} {value}");
+        }
+    }
     type Getter = fn(&crate::listener_stats::ListenerStats) -> u64;
     let series: [(&str, &str, &str, Getter); 4] = [
         (
@@ -107,6 +209,12 @@ pub fn render(state: &ApiState) -> String {
         }
     }
     out
+}
+
+/// The HELP and TYPE lines of one metric family.
+fn family(out: &mut String, name: &str, kind: &str, text: &str) {
+    let _ = writeln!(out, "# HELP tributary_{name} {text}");
+    let _ = writeln!(out, "# TYPE tributary_{name} {kind}");
 }
 
 fn escape(v: &str) -> String {

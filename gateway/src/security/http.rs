@@ -9,6 +9,9 @@
 //! never stored). The cache is bounded by `cache_size`; when full, expired
 //! entries are dropped and, if none were, the new answer is not cached.
 //!
+//! `https://` URLs are spoken over rustls, trusting `cacertfile` (or the
+//! system CA bundle); the server name is checked against the URL's host.
+//!
 //! The request runs on the connection's own task (the driver awaits the
 //! future the channel handed it): one slow auth server delays only the
 //! clients that wait for it.
@@ -46,8 +49,41 @@ pub enum HttpVerdict {
 
 /// Why the backend could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("authentication.http.url: {0}")]
-pub struct HttpAuthError(String);
+#[error("authentication.http.{key}: {message}")]
+pub struct HttpAuthError {
+    key: &'static str,
+    message: String,
+}
+
+fn url_error(message: String) -> HttpAuthError {
+    HttpAuthError {
+        key: "url",
+        message,
+    }
+}
+
+fn ca_error(message: String) -> HttpAuthError {
+    HttpAuthError {
+        key: "cacertfile",
+        message,
+    }
+}
+
+/// Where the service is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceUrl {
+    /// `https://`.
+    pub tls: bool,
+    /// Host name or address.
+    pub host: String,
+    /// Port (80 or 443 unless given).
+    pub port: u16,
+    /// Path, `/` at least.
+    pub path: String,
+}
+
+/// The system CA bundle on Debian and its derivatives.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// The configured backend.
 #[derive(Debug)]
@@ -55,6 +91,11 @@ pub struct HttpBackend {
     host: String,
     port: u16,
     path: String,
+    /// TLS for an `https://` URL.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     timeout: Duration,
     headers: Vec<(String, String)>,
     body: Vec<(String, String)>,
@@ -63,11 +104,17 @@ pub struct HttpBackend {
     cache: Mutex<HashMap<[u8; 32], (HttpVerdict, Instant)>>,
 }
 
-/// `http://host[:port][/path]` → (host, port, path).
-pub fn parse_url(url: &str) -> Result<(String, u16, String), HttpAuthError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| HttpAuthError(format!("{url:?}: only http:// URLs are supported")))?;
+/// `http[s]://host[:port][/path]`.
+pub fn parse_url(url: &str) -> Result<ServiceUrl, HttpAuthError> {
+    let (tls, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (true, rest)
+    } else {
+        return Err(url_error(format!(
+            "{url:?}: expected an http:// or https:// URL"
+        )));
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -76,25 +123,80 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), HttpAuthError> {
         Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
             let port = p
                 .parse::<u16>()
-                .map_err(|_| HttpAuthError(format!("{url:?}: bad port")))?;
+                .map_err(|_| url_error(format!("{url:?}: bad port")))?;
             (h, port)
         }
-        _ => (authority, 80),
+        _ => (authority, if tls { 443 } else { 80 }),
     };
     if host.is_empty() {
-        return Err(HttpAuthError(format!("{url:?}: no host")));
+        return Err(url_error(format!("{url:?}: no host")));
     }
-    Ok((host.to_owned(), port, path.to_owned()))
+    Ok(ServiceUrl {
+        tls,
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        port,
+        path: path.to_owned(),
+    })
+}
+
+/// A rustls client for `host`, trusting the CAs in `cacertfile` (or the
+/// system bundle).
+fn tls_client(
+    host: &str,
+    cacertfile: &str,
+) -> Result<
+    (
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    HttpAuthError,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let file = if cacertfile.trim().is_empty() {
+        SYSTEM_CA_BUNDLE
+    } else {
+        cacertfile.trim()
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ca_error(format!("{file:?}: {e}")))?;
+    for cert in certs {
+        roots
+            .add(cert)
+            .map_err(|e| ca_error(format!("{file:?}: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(ca_error(format!("{file:?}: no CA certificate in the file")));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ca_error(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| url_error(format!("host {host:?}: {e}")))?;
+    Ok((Arc::new(config), name))
 }
 
 impl HttpBackend {
     /// Build from `[authentication.http]`.
     pub fn new(c: &HttpAuth) -> Result<HttpBackend, HttpAuthError> {
-        let (host, port, path) = parse_url(&c.url)?;
+        let url = parse_url(&c.url)?;
+        let tls = if url.tls {
+            Some(tls_client(&url.host, &c.cacertfile)?)
+        } else {
+            None
+        };
         Ok(HttpBackend {
-            host,
-            port,
-            path,
+            host: url.host,
+            port: url.port,
+            path: url.path,
+            tls,
             timeout: c.timeout,
             headers: c
                 .headers
@@ -213,12 +315,31 @@ impl HttpBackend {
             .ok_or("host name did not resolve")?;
         let stream = tokio::net::TcpStream::connect(addr).await?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        match &self.tls {
+            None => self.exchange(TokioIo::new(stream), body).await,
+            Some((config, name)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                let tls = connector.connect(name.clone(), stream).await?;
+                self.exchange(TokioIo::new(tls), body).await
+            }
+        }
+    }
+
+    /// One POST over an open connection (plain or TLS).
+    async fn exchange<T>(
+        &self,
+        io: T,
+        body: String,
+    ) -> Result<HttpVerdict, Box<dyn std::error::Error + Send + Sync>>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io).await?;
         let driver = tokio::spawn(async move {
             let _ = connection.await;
         });
-        let host = if self.port == 80 {
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        let host = if self.port == default_port {
             self.host.clone()
         } else {
             format!("{}:{}", self.host, self.port)
@@ -259,15 +380,29 @@ mod tests {
 
     #[test]
     fn urls() {
+        let url = |tls, host: &str, port, path: &str| ServiceUrl {
+            tls,
+            host: host.into(),
+            port,
+            path: path.into(),
+        };
         assert_eq!(
             parse_url("http://127.0.0.1:8080/auth").expect("url"),
-            ("127.0.0.1".into(), 8080, "/auth".into())
+            url(false, "127.0.0.1", 8080, "/auth")
         );
         assert_eq!(
             parse_url("http://auth.local").expect("url"),
-            ("auth.local".into(), 80, "/".into())
+            url(false, "auth.local", 80, "/")
         );
-        assert!(parse_url("https://x/").is_err());
+        assert_eq!(
+            parse_url("https://auth.example/check").expect("url"),
+            url(true, "auth.example", 443, "/check")
+        );
+        assert_eq!(
+            parse_url("https://[::1]:8443/").expect("url"),
+            url(true, "::1", 8443, "/")
+        );
+        assert!(parse_url("ftp://x/").is_err());
         assert!(parse_url("http://:80/").is_err());
     }
 

@@ -19,6 +19,7 @@
 //! clients without one are refused (the previous `AnonymousGate`).
 
 pub mod acl_file;
+pub mod acl_reload;
 pub mod http;
 pub mod jwt;
 pub mod scram;

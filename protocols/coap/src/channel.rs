@@ -23,12 +23,14 @@
 //! Errors become responses in one place, [`Channel::rescue`]: a code and a
 //! diagnostic payload (RFC 7252 §5.5.2).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::debug;
+use tributary_core::auth::{AuthFuture, AuthOutcome};
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, QoS, SessionHandle,
 };
@@ -153,15 +155,28 @@ pub struct Reject {
     pub why: &'static str,
     /// Size1 to announce (4.13).
     pub size1: Option<u32>,
+    /// Not a refusal: the request waits for an authentication backend.
+    pub(crate) parked: bool,
 }
 
 impl Reject {
+    /// The request is parked until authentication answers (no response yet).
+    pub(crate) fn parked() -> Reject {
+        Reject {
+            code: Code::UNAUTHORIZED,
+            why: "waiting for authentication",
+            size1: None,
+            parked: true,
+        }
+    }
+
     /// A rejection with `code` and a diagnostic.
     pub fn new(code: Code, why: &'static str) -> Reject {
         Reject {
             code,
             why,
             size1: None,
+            parked: false,
         }
     }
 }
@@ -181,7 +196,27 @@ pub struct Channel {
     pub(crate) session: Option<PeerSession>,
     pub(crate) conn: Option<Connection>,
     pub(crate) etag: u32,
+    /// Authentication that answers later (ADR 0011): the decision for the
+    /// driver, the request it holds and the credentials it is about, the
+    /// answer once known, and datagrams that arrived meanwhile.
+    pub(crate) auth: AuthWait,
 }
+
+/// A request parked while an authentication backend decides.
+#[derive(Default)]
+pub(crate) struct AuthWait {
+    pub(crate) future: Option<AuthFuture>,
+    pub(crate) request: Option<Message>,
+    pub(crate) key: Option<AuthKey>,
+    pub(crate) answer: Option<(AuthKey, AuthOutcome)>,
+    pub(crate) held: VecDeque<Bytes>,
+}
+
+/// The credentials an authentication answer is for.
+pub(crate) type AuthKey = (Arc<str>, Option<String>, Option<Vec<u8>>);
+
+/// Datagrams kept while a request waits for authentication; more are dropped.
+const HELD_DATAGRAMS: usize = 64;
 
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -211,6 +246,7 @@ impl Channel {
             session: None,
             conn: None,
             etag: 0,
+            auth: AuthWait::default(),
             broker,
             config,
             peer,
@@ -270,13 +306,49 @@ impl Channel {
     /// transfer in progress. The driver may forget it.
     pub fn is_idle(&self) -> bool {
         self.session.is_none()
+            && !self.is_authenticating()
             && self.layer.is_idle()
             && self.block1.is_empty()
             && self.block2.is_empty()
     }
 
+    /// An authentication decision the driver must await and pass to
+    /// [`Channel::handle_auth_result`]. Until then the request that needs it
+    /// gets no response and later datagrams are held, in order.
+    pub fn take_auth_future(&mut self) -> Option<AuthFuture> {
+        self.auth.future.take()
+    }
+
+    /// True while a request waits for an authentication backend.
+    pub fn is_authenticating(&self) -> bool {
+        self.auth.request.is_some()
+    }
+
+    /// The authentication backend answered: handle the parked request with
+    /// that answer, then the datagrams held meanwhile.
+    pub fn handle_auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
+        let (Some(request), Some(key)) = (self.auth.request.take(), self.auth.key.take()) else {
+            return;
+        };
+        self.auth.answer = Some((key, outcome));
+        self.handle_request(request, now);
+        self.auth.answer = None;
+        while !self.is_authenticating() {
+            let Some(d) = self.auth.held.pop_front() else {
+                break;
+            };
+            self.handle_datagram(&d, now);
+        }
+    }
+
     /// One datagram from the peer.
     pub fn handle_datagram(&mut self, data: &[u8], now: Instant) {
+        if self.is_authenticating() {
+            if self.auth.held.len() < HELD_DATAGRAMS {
+                self.auth.held.push_back(Bytes::copy_from_slice(data));
+            }
+            return;
+        }
         match self.layer.receive(data, now) {
             Received::Request(m) => {
                 self.handle_request(m, now);
@@ -310,6 +382,10 @@ impl Channel {
         match self.route(&m, now) {
             Ok(Some(r)) => self.reply(&m, r, now),
             Ok(None) => {}
+            Err(reject) if reject.parked => {
+                self.auth.request = Some(m);
+                return;
+            }
             Err(reject) => self.rescue(&m, reject, now),
         }
         // Retained messages queued by a new subscription go out after its response.
@@ -494,7 +570,7 @@ impl Channel {
                     }
                     _ => {}
                 }
-                metrics.inc(&metrics.messages_sent);
+                metrics.message_out("coap", o.delivery.qos);
             }
         }
     }

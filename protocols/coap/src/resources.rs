@@ -12,12 +12,12 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tracing::{debug, info};
-use tributary_core::auth::{Action, AuthOutcome};
-use tributary_core::topic::{has_wildcard, parse_filter, validate_topic_name};
+use tributary_core::auth::{Action, AuthCheck, AuthOutcome};
+use tributary_core::topic::has_wildcard;
 use tributary_core::{ClientInfo, CloseKind, Delivery, SessionRequest, SubOptions};
 
 use crate::block::{slice, Assembled, BlockError, BlockValue, Representation};
-use crate::channel::{Channel, Connection, ObsKey, PeerSession, Reject};
+use crate::channel::{AuthKey, Channel, Connection, ObsKey, PeerSession, Reject};
 use crate::content;
 use crate::layer::response;
 use crate::msg::{opt, Code, Message, MessageType};
@@ -140,9 +140,28 @@ impl Channel {
         Ok(Identity { client, mountpoint })
     }
 
-    fn authenticate(&self, client: &ClientInfo, q: &Query) -> Result<(), Reject> {
+    /// Authenticate through the core's chain. A backend that answers later
+    /// parks the request ([`Reject::parked`]); it is handled again with the
+    /// answer ([`Channel::handle_auth_result`]).
+    fn authenticate(&mut self, client: &ClientInfo, q: &Query) -> Result<(), Reject> {
         let password = q.password.as_deref().map(str::as_bytes);
-        match self.broker.authenticator().authenticate(client, password) {
+        let key: AuthKey = (
+            client.client_id.clone(),
+            client.username.clone(),
+            password.map(<[u8]>::to_vec),
+        );
+        let outcome = match self.auth.answer.take() {
+            Some((k, outcome)) if k == key => outcome,
+            _ => match self.broker.authenticator().check(client, password) {
+                AuthCheck::Ready(outcome) => outcome,
+                AuthCheck::Pending(decision) => {
+                    self.auth.future = Some(decision);
+                    self.auth.key = Some(key);
+                    return Err(Reject::parked());
+                }
+            },
+        };
+        match outcome {
             AuthOutcome::Allow => Ok(()),
             AuthOutcome::BadCredentials => {
                 Err(Reject::new(Code::UNAUTHORIZED, "bad username or password"))
@@ -214,6 +233,7 @@ impl Channel {
                             code: Code::REQUEST_ENTITY_TOO_LARGE,
                             why: "body too large",
                             size1: Some(u32::try_from(max).unwrap_or(u32::MAX)),
+                            parked: false,
                         })
                     }
                     Err(BlockError::BadSize) => {
@@ -227,6 +247,7 @@ impl Channel {
                         code: Code::REQUEST_ENTITY_TOO_LARGE,
                         why: "body too large",
                         size1: Some(u32::try_from(self.config.max_body_size).unwrap_or(u32::MAX)),
+                        parked: false,
                     });
                 }
                 m.payload.clone()
@@ -236,7 +257,7 @@ impl Channel {
             return Err(bad("no topic: POST /ps/{topic}"));
         }
         let full = format!("{}{}", id.mountpoint, topic);
-        if validate_topic_name(&full, self.broker.config().max_topic_levels).is_err() {
+        if self.broker.check_topic_name(&full).is_err() {
             return Err(bad("invalid topic name"));
         }
         if !self.broker.authorize(&id.client, Action::Publish, &full) {
@@ -250,6 +271,7 @@ impl Channel {
         message.publisher = Some(id.client.client_id.clone());
         message.properties = content::to_properties(m.content_format());
         let message = message.with_expiry_interval(q.expiry, now);
+        self.broker.metrics().message_in("coap", message.qos);
         self.broker.publish(message, now);
         let mut r = response(Code::CHANGED);
         if let Some(block) = block1_done {
@@ -303,7 +325,7 @@ impl Channel {
             return Err(bad("no topic filter: GET /ps/{filter}"));
         }
         let full = format!("{}{}", id.mountpoint, topic);
-        let plain: Arc<str> = match parse_filter(&full, self.broker.config().max_topic_levels) {
+        let plain: Arc<str> = match self.broker.check_filter(&full) {
             Ok(p) => p.filter.into(),
             Err(_) => return Err(bad("invalid topic filter")),
         };
@@ -402,7 +424,7 @@ impl Channel {
             return Err(bad("GET without Observe reads one topic name"));
         }
         let full = format!("{}{}", id.mountpoint, topic);
-        if validate_topic_name(&full, self.broker.config().max_topic_levels).is_err() {
+        if self.broker.check_topic_name(&full).is_err() {
             return Err(bad("invalid topic name"));
         }
         if !self.broker.authorize(&id.client, Action::Subscribe, &full) {

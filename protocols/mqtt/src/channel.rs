@@ -782,12 +782,7 @@ impl Channel {
         // The will (§3.1.2.5): its topic must be a valid name.
         let mut will = None;
         if let Some(w) = &connect.will {
-            if tributary_core::topic::validate_topic_name(
-                &w.topic,
-                self.broker.config().max_topic_levels,
-            )
-            .is_err()
-            {
+            if self.broker.check_topic_name(&w.topic).is_err() {
                 return self.refuse_connect(rc::TOPIC_NAME_INVALID, "invalid will topic");
             }
             if w.qos > cfg.max_qos {
@@ -1111,16 +1106,10 @@ impl Channel {
         if !self.within_rate(&publish, now) {
             return;
         }
-        {
-            let m = self.broker.metrics();
-            m.inc(match publish.qos {
-                QoS::AtMostOnce => &m.messages_qos0_received,
-                QoS::AtLeastOnce => &m.messages_qos1_received,
-                QoS::ExactlyOnce => &m.messages_qos2_received,
-            });
-        }
+        self.broker
+            .metrics()
+            .message_in("mqtt", core_qos(publish.qos));
         let v5 = self.version.is_v5();
-        let max_levels = self.broker.config().max_topic_levels;
         if !publish.properties.subscription_identifiers.is_empty() {
             return self.violation(
                 rc::PROTOCOL_ERROR,
@@ -1159,7 +1148,7 @@ impl Channel {
             }
             None => publish.topic.as_str().into(),
         };
-        if tributary_core::topic::validate_topic_name(&topic, max_levels).is_err() {
+        if self.broker.check_topic_name(&topic).is_err() {
             return self.violation(rc::TOPIC_NAME_INVALID, "invalid topic name [MQTT-3.3.2-2]");
         }
         let Some(handle) = self.handle.clone() else {
@@ -1354,9 +1343,7 @@ impl Channel {
                 }
             }
         }
-        self.broker
-            .metrics()
-            .inc(&self.broker.metrics().messages_sent);
+        self.broker.metrics().message_out("mqtt", d.qos);
         self.output.push(Packet::Publish(Publish {
             dup: out.dup,
             qos: mqtt_qos(d.qos),
@@ -1380,7 +1367,6 @@ impl Channel {
             return;
         };
         let client = conn.client.clone();
-        let max_levels = self.broker.config().max_topic_levels;
         let subscription_id = subscribe
             .properties
             .subscription_identifiers
@@ -1398,7 +1384,7 @@ impl Channel {
                     .collect()
             });
         for (raw, opts) in &subscribe.filters {
-            let parsed = match tributary_core::topic::parse_filter(raw, max_levels) {
+            let parsed = match self.broker.check_filter(raw) {
                 Ok(p) => p,
                 Err(_) => {
                     reasons.push(if v5 {

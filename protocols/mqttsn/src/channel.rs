@@ -47,9 +47,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::{debug, info};
-use tributary_core::auth::{Action, AuthOutcome};
+use tributary_core::auth::{Action, AuthCheck, AuthFuture, AuthOutcome};
 use tributary_core::session::IncomingQos2;
-use tributary_core::topic::{has_wildcard, parse_filter, validate_topic_name};
+use tributary_core::topic::has_wildcard;
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, Message, Outgoing, Resend,
     SessionHandle, SessionRequest, SubOptions, Will,
@@ -162,6 +162,8 @@ enum State {
     WaitWillTopic(Connect),
     /// WILLMSGREQ sent.
     WaitWillMsg(Connect, WillTopic),
+    /// CONNECT (and will) complete; an authentication backend is deciding.
+    Authenticating(Box<ParkedConnect>),
     /// Connected and awake.
     Active,
     /// Asleep for `duration` seconds (§6.14).
@@ -170,6 +172,14 @@ enum State {
     Awake(u16),
     /// Done; the driver sends the output and calls [`Channel::finish`].
     Closed,
+}
+
+/// A CONNECT waiting for an authentication backend's answer.
+#[derive(Debug)]
+struct ParkedConnect {
+    connect: Connect,
+    will: Option<(WillTopic, Bytes)>,
+    client: ClientInfo,
 }
 
 /// A REGISTER sent to the client, awaiting its REGACK.
@@ -203,6 +213,8 @@ pub struct Channel {
     will: Option<(WillTopic, Bytes)>,
     registry: Registry,
     output: Vec<Packet>,
+    /// An authentication decision for the driver to await.
+    auth_future: Option<AuthFuture>,
     /// Connect/will-flow bound, keep alive, or end of sleep.
     deadline: Option<Instant>,
     /// When something unacknowledged is next due for resending.
@@ -266,6 +278,7 @@ impl Channel {
             will: None,
             registry,
             output: Vec::new(),
+            auth_future: None,
             deadline,
             retry_at: None,
             pending: VecDeque::new(),
@@ -359,7 +372,13 @@ impl Channel {
             (State::WaitWillMsg(c, w), Packet::WillMsg { payload }) => {
                 self.complete_connect(c, Some((w, payload)), now)
             }
-            (state @ (State::Idle | State::WaitWillTopic(_) | State::WaitWillMsg(..)), p) => {
+            (
+                state @ (State::Idle
+                | State::WaitWillTopic(_)
+                | State::WaitWillMsg(..)
+                | State::Authenticating(_)),
+                p,
+            ) => {
                 debug!(
                     packet = p.name(),
                     "message before the connection is set up; dropped"
@@ -454,6 +473,14 @@ impl Channel {
             State::Idle | State::WaitWillTopic(_) | State::WaitWillMsg(..) => {
                 debug!("connection not completed in time");
                 self.state = State::Closed;
+            }
+            State::Authenticating(_) => {
+                self.auth_future = None;
+                self.refuse_connect(
+                    ReturnCode::NotSupported,
+                    "authentication did not answer in time",
+                    now,
+                );
             }
             State::Active | State::Awake(_) => {
                 info!(client_id = ?self.client_id(), "keep alive expired; client lost (§6.3)");
@@ -558,7 +585,7 @@ impl Channel {
 
     fn core_will(&self, client: &ClientInfo, w: &WillTopic, payload: Bytes) -> Option<Will> {
         let topic = self.config.mount(&w.topic);
-        validate_topic_name(&topic, self.broker.config().max_topic_levels).ok()?;
+        self.broker.check_topic_name(&topic).ok()?;
         if !self.broker.authorize(client, Action::Publish, &topic) {
             return None;
         }
@@ -578,7 +605,54 @@ impl Channel {
             peer: self.peer,
             protocol: "mqtt-sn",
         };
-        if self.broker.authenticator().authenticate(&client, None) != AuthOutcome::Allow {
+        match self.broker.authenticator().check(&client, None) {
+            AuthCheck::Ready(outcome) => self.connect_authenticated(c, will, client, outcome, now),
+            AuthCheck::Pending(decision) => {
+                debug!(client_id = %client.client_id, "waiting for the authentication backend");
+                self.auth_future = Some(decision);
+                self.state = State::Authenticating(Box::new(ParkedConnect {
+                    connect: c,
+                    will,
+                    client,
+                }));
+            }
+        }
+    }
+
+    /// An authentication decision the driver must await and pass to
+    /// [`Channel::handle_auth_result`]; meanwhile it feeds no messages.
+    pub fn take_auth_future(&mut self) -> Option<AuthFuture> {
+        self.auth_future.take()
+    }
+
+    /// True while a CONNECT waits for an authentication backend.
+    pub fn is_authenticating(&self) -> bool {
+        matches!(self.state, State::Authenticating(_))
+    }
+
+    /// The authentication backend answered for the parked CONNECT.
+    pub fn handle_auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
+        let State::Authenticating(parked) = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        let ParkedConnect {
+            connect,
+            will,
+            client,
+        } = *parked;
+        self.connect_authenticated(connect, will, client, outcome, now);
+    }
+
+    fn connect_authenticated(
+        &mut self,
+        c: Connect,
+        will: Option<(WillTopic, Bytes)>,
+        client: ClientInfo,
+        outcome: AuthOutcome,
+        now: Instant,
+    ) {
+        if outcome != AuthOutcome::Allow {
             return self.refuse_connect(ReturnCode::NotSupported, "not authorized", now);
         }
         let core_will = match &will {
@@ -706,8 +780,7 @@ impl Channel {
 impl Channel {
     fn handle_register(&mut self, msg_id: u16, name: &str) {
         let full = self.config.mount(name);
-        let valid = !name.is_empty()
-            && validate_topic_name(&full, self.broker.config().max_topic_levels).is_ok();
+        let valid = !name.is_empty() && self.broker.check_topic_name(&full).is_ok();
         let (topic_id, code) = if !valid {
             (0, ReturnCode::NotSupported)
         } else {
@@ -745,7 +818,7 @@ impl Channel {
             return;
         };
         let topic = self.config.mount(&name);
-        if validate_topic_name(&topic, self.broker.config().max_topic_levels).is_err() {
+        if self.broker.check_topic_name(&topic).is_err() {
             self.output.push(reject(ReturnCode::NotSupported));
             return;
         }
@@ -758,6 +831,7 @@ impl Channel {
         }
         let mut message = Message::new(topic, p.payload, core_qos(p.qos), p.retain);
         message.publisher = Some(client.client_id.clone());
+        self.broker.metrics().message_in("mqtt-sn", message.qos);
         match p.qos {
             QoS::AtMostOnce | QoS::NoConnection => {
                 if allowed {
@@ -838,7 +912,7 @@ impl Channel {
                 .push(suback(s.qos, 0, ReturnCode::InvalidTopicId));
             return;
         };
-        let allowed = match parse_filter(&filter, self.broker.config().max_topic_levels) {
+        let allowed = match self.broker.check_filter(&filter) {
             Ok(parsed) => self
                 .broker
                 .authorize(&client, Action::Subscribe, parsed.filter),
@@ -1039,9 +1113,7 @@ impl Channel {
 
     fn send_publish(&mut self, out: &Outgoing, kind: TopicIdType, topic_id: u16, now: Instant) {
         let d = &out.delivery;
-        self.broker
-            .metrics()
-            .inc(&self.broker.metrics().messages_sent);
+        self.broker.metrics().message_out("mqtt-sn", d.qos);
         self.output.push(Packet::Publish(Publish {
             dup: out.dup,
             qos: sn_qos(d.qos),

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tracing::debug;
 use tributary_core::auth::Action;
-use tributary_core::topic::validate_topic_name;
 use tributary_core::{Broker, ClientInfo, Message};
 
 use crate::channel::ChannelConfig;
@@ -158,7 +157,7 @@ pub fn publish_qos_neg1(
         peer,
         protocol: "mqtt-sn",
     };
-    if validate_topic_name(&topic, broker.config().max_topic_levels).is_err()
+    if broker.check_topic_name(&topic).is_err()
         || !broker.authorize(&client, Action::Publish, &topic)
     {
         Stats::inc(&stats.qos_neg1_dropped);
@@ -170,6 +169,9 @@ pub fn publish_qos_neg1(
         tributary_core::QoS::AtMostOnce,
         p.retain,
     );
+    broker
+        .metrics()
+        .message_in("mqtt-sn", tributary_core::QoS::AtMostOnce);
     broker.publish(message, now);
     Stats::inc(&stats.qos_neg1_published);
     true

@@ -9,9 +9,23 @@
 //! ```text
 //!            CONNECT / STOMP ok                  DISCONNECT / ERROR / kick
 //!  Awaiting ───────────────────▶ Connected ──────────────────────────▶ Closed
-//!     │ other frame, timeout, bad CONNECT                                 ▲
+//!     │  │ backend answers later   ▲                                     ▲
+//!     │  └──────▶ Authenticating ──┘ (refused, timeout) ─────────────────┤
+//!     │ other frame, timeout, bad CONNECT                                 │
 //!     └───────────────────────────────────────────────────────────────────┘
 //! ```
+//!
+//! Authentication goes through the core's
+//! [`tributary_core::auth::Authenticator::check`]: when a
+//! backend answers later (HTTP, say) the CONNECT is parked and
+//! [`Channel::take_auth_future`] hands the driver the decision to await;
+//! the driver decodes nothing more until it calls
+//! [`Channel::handle_auth_result`] (ADR 0011).
+//!
+//! SEND at QoS 1/2 uses [`Broker::publish_with_backpressure`]: a subscriber
+//! whose mailbox that filled is reported through
+//! [`Channel::take_backpressure`], and the driver stops reading until it has
+//! room (ADR 0009), instead of the overflow policy dropping messages.
 //!
 //! Mapping onto the core (see `docs/protocol-mapping.md`, `## STOMP`):
 //! - `destination` = MQTT topic with the mountpoint prepended; SUBSCRIBE
@@ -36,8 +50,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
-use tributary_core::auth::{Action, AuthOutcome};
-use tributary_core::topic::{matches, parse_filter, validate_topic_name};
+use tributary_core::auth::{Action, AuthCheck, AuthFuture, AuthOutcome};
+use tributary_core::topic::matches;
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, Message, MessageProperties,
     Outgoing, QoS, Resend, SessionHandle, SessionRequest, SubOptions,
@@ -201,8 +215,21 @@ struct Connected {
 
 enum State {
     AwaitingConnect,
+    /// CONNECT parked while an authentication backend decides.
+    Authenticating(Box<ParkedConnect>),
     Connected(Box<Connected>),
     Closed,
+}
+
+/// What a CONNECT negotiated before authentication answered.
+struct ParkedConnect {
+    client: ClientInfo,
+    given_id: Option<String>,
+    host: Option<String>,
+    /// Heart-beat values we announce (`sx,sy`) and the negotiated intervals.
+    announce: (u64, u64),
+    outgoing: u64,
+    incoming: u64,
 }
 
 /// One connection's STOMP state.
@@ -222,6 +249,12 @@ pub struct Channel {
     close_kind: CloseKind,
     /// The session outlives the connection (client-id under Redeliver).
     persistent: bool,
+    /// An authentication decision for the driver to await.
+    auth_future: Option<AuthFuture>,
+    /// User name fixed by the transport (a TLS client certificate's CN).
+    transport_username: Option<String>,
+    /// Subscribers whose mailboxes this connection's QoS 1/2 SENDs filled.
+    backpressure: Vec<Arc<tributary_core::session::Session>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -258,7 +291,49 @@ impl Channel {
             heartbeat_at: None,
             close_kind: CloseKind::Abnormal,
             persistent: false,
+            auth_future: None,
+            transport_username: None,
+            backpressure: Vec::new(),
         }
+    }
+
+    /// Fix the user name from the transport (a TLS client certificate's
+    /// CN): the CONNECT's `login` is then ignored.
+    pub fn set_transport_username(&mut self, username: Option<String>) {
+        self.transport_username = username;
+    }
+
+    /// An authentication decision the driver must await and pass to
+    /// [`Channel::handle_auth_result`]. While the CONNECT is parked
+    /// ([`Channel::is_authenticating`]) the driver feeds no frames.
+    pub fn take_auth_future(&mut self) -> Option<AuthFuture> {
+        self.auth_future.take()
+    }
+
+    /// True while a CONNECT waits for an authentication backend.
+    pub fn is_authenticating(&self) -> bool {
+        matches!(self.state, State::Authenticating(_))
+    }
+
+    /// The authentication backend answered for the parked CONNECT.
+    pub fn handle_auth_result(&mut self, outcome: AuthOutcome, now: Instant) {
+        let State::Authenticating(parked) = std::mem::replace(&mut self.state, State::Closed)
+        else {
+            return;
+        };
+        self.complete_connect(*parked, outcome, now);
+    }
+
+    /// True when a QoS 1/2 SEND filled a subscriber's mailbox
+    /// ([`Channel::take_backpressure`]).
+    pub fn is_backpressured(&self) -> bool {
+        !self.backpressure.is_empty()
+    }
+
+    /// The subscribers the driver must wait for (until each has room, or a
+    /// bounded time) before reading more frames.
+    pub fn take_backpressure(&mut self) -> Vec<Arc<tributary_core::session::Session>> {
+        std::mem::take(&mut self.backpressure)
     }
 
     /// The version to decode and encode with.
@@ -335,6 +410,11 @@ impl Channel {
                 State::AwaitingConnect => {
                     debug!("no CONNECT within the connect timeout");
                     self.state = State::Closed;
+                }
+                State::Authenticating(_) => {
+                    debug!("authentication did not answer within the connect timeout");
+                    self.auth_future = None;
+                    self.violation("not authorized", "authentication timed out".into(), None);
                 }
                 _ => self.violation(
                     "heart-beat timeout",
@@ -460,6 +540,11 @@ impl Channel {
             (State::AwaitingConnect, Command::Connect | Command::Stomp) => {
                 self.handle_connect(frame, now)
             }
+            (State::Authenticating(_), _) => self.violation(
+                "not connected",
+                "a frame arrived while the CONNECT was being authenticated".into(),
+                frame.header("receipt"),
+            ),
             (State::AwaitingConnect, _) => self.violation(
                 "not connected",
                 format!(
@@ -562,12 +647,46 @@ impl Channel {
         let client_id: Arc<str> = given_id.clone().unwrap_or_else(generated_client_id).into();
         let client = ClientInfo {
             client_id: client_id.clone(),
-            username: frame.header("login").map(str::to_owned),
+            username: self
+                .transport_username
+                .clone()
+                .or_else(|| frame.header("login").map(str::to_owned)),
             peer: self.peer,
             protocol: "stomp",
         };
         let password = frame.header("passcode").map(str::as_bytes);
-        match self.broker.authenticator().authenticate(&client, password) {
+        let parked = ParkedConnect {
+            client,
+            given_id,
+            host: frame.header("host").map(str::to_owned),
+            announce: (sx, sy),
+            outgoing,
+            incoming,
+        };
+        match self.broker.authenticator().check(&parked.client, password) {
+            AuthCheck::Ready(outcome) => self.complete_connect(parked, outcome, now),
+            AuthCheck::Pending(decision) => {
+                debug!(client_id = %parked.client.client_id, "waiting for the authentication backend");
+                self.auth_future = Some(decision);
+                self.state = State::Authenticating(Box::new(parked));
+            }
+        }
+    }
+
+    /// Authentication answered: refuse, or open the session and reply CONNECTED.
+    fn complete_connect(&mut self, parked: ParkedConnect, outcome: AuthOutcome, now: Instant) {
+        let cfg = self.config.clone();
+        let version = self.version;
+        let ParkedConnect {
+            client,
+            given_id,
+            host,
+            announce: (sx, sy),
+            outgoing,
+            incoming,
+        } = parked;
+        let client_id = client.client_id.clone();
+        match outcome {
             AuthOutcome::Allow => {}
             AuthOutcome::BadCredentials => {
                 return self.violation("login failed", "bad login or passcode".into(), None)
@@ -593,7 +712,7 @@ impl Channel {
             },
             now,
         );
-        info!(client_id = %client_id, version = version.as_str(), host = ?frame.header("host"),
+        info!(client_id = %client_id, version = version.as_str(), host = ?host,
               session_present = opened.session_present, "STOMP client connected");
 
         let mut connected = Frame::new(Command::Connected);
@@ -654,7 +773,7 @@ impl Channel {
             return false;
         };
         let topic = format!("{}{destination}", self.config.mountpoint);
-        if validate_topic_name(&topic, self.broker.config().max_topic_levels).is_err() {
+        if self.broker.check_topic_name(&topic).is_err() {
             self.violation(
                 "invalid destination",
                 format!("{destination:?} is not a valid topic name (no wildcards)"),
@@ -686,7 +805,13 @@ impl Channel {
         let mut message = Message::new(topic, frame.body.clone(), self.config.send_qos, retain);
         message.publisher = Some(client.client_id.clone());
         message.properties = properties;
-        self.broker.publish(message, now);
+        self.broker.metrics().message_in("stomp", message.qos);
+        if message.qos == QoS::AtMostOnce {
+            self.broker.publish(message, now);
+        } else {
+            self.broker
+                .publish_with_backpressure(message, now, &mut self.backpressure);
+        }
         true
     }
 }
@@ -726,8 +851,7 @@ impl Channel {
             }
         };
         let filter = mount_filter(&self.config.mountpoint, destination);
-        let max_levels = self.broker.config().max_topic_levels;
-        let plain = match parse_filter(&filter, max_levels) {
+        let plain = match self.broker.check_filter(&filter) {
             Ok(p) => p.filter.to_owned(),
             Err(e) => {
                 return self.violation(
@@ -1167,9 +1291,7 @@ impl Channel {
                 }
             }
             f.body = message.payload.clone();
-            self.broker
-                .metrics()
-                .inc(&self.broker.metrics().messages_sent);
+            self.broker.metrics().message_out("stomp", out.delivery.qos);
             self.output.push(Output::Frame(f));
         }
         match out.packet_id {
