@@ -415,11 +415,11 @@ def test_corrupt_store_fails_startup_with_a_clear_message(durable):
     assert "storage" in text and b.data_dir in text, text
 
 
-@pytest.mark.skipif(not os.environ.get("TRIBUTARY_SMALL_FS"),
-                    reason="needs TRIBUTARY_SMALL_FS: a directory on a small filesystem "
+@pytest.mark.skipif(not os.environ.get("DURABILITY_SMALL_FS"),
+                    reason="needs DURABILITY_SMALL_FS: a directory on a small filesystem "
                            "(e.g. `mount -t tmpfs -o size=3m tmpfs /mnt/small`)")
 def test_full_disk_refuses_publishes_with_0x97_and_keeps_running():
-    data = tempfile.mkdtemp(prefix="tributary-full-", dir=os.environ["TRIBUTARY_SMALL_FS"])
+    data = tempfile.mkdtemp(prefix="tributary-full-", dir=os.environ["DURABILITY_SMALL_FS"])
     b = DurableBroker(os.path.join(data, "data"))
     try:
         go_offline(b.port, "full-sub", "dur/full", 1)
