@@ -104,3 +104,35 @@ impl StorageConfig {
         p
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    #[test]
+    fn storage_keys_are_checked_by_name() {
+        let err = Config::from_toml_str(
+            "[storage]\nbackend = \"fjall\"\ndata_dir = \" \"\nbatch_window = \"2s\"\nsync_interval = \"0s\"\n",
+        )
+        .expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("storage.data_dir: must not be empty"),
+            "{text}"
+        );
+        assert!(
+            text.contains("storage.batch_window: must be at most 1s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("storage.sync_interval: must be between"),
+            "{text}"
+        );
+        let err =
+            Config::from_toml_str("[storage]\ndurability = \"sometimes\"\n").expect_err("bad");
+        assert!(err.to_string().contains("storage.durability"), "{err}");
+        let ok = Config::from_toml_str("[storage]\nbackend = \"memory\"\ndata_dir = \"\"\n")
+            .expect("memory needs no directory");
+        assert_eq!(ok.storage.backend, super::StorageBackend::Memory);
+    }
+}
