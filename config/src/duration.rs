@@ -107,7 +107,7 @@ pub fn format_duration(duration: Duration) -> String {
         return "0s".to_owned();
     }
     for (unit, len) in UNITS {
-        if nanos % len == 0 {
+        if nanos.is_multiple_of(len) {
             return format!("{}{unit}", nanos / len);
         }
     }
