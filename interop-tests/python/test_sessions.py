@@ -337,7 +337,11 @@ def test_inflight_then_queued_messages_redelivered_in_order(port, raw, client, v
         p = back.expect_publish()
         got.append((p.payload, p.dup))
         back.send(rawmqtt.ack(rawmqtt.PUBACK, p.packet_id))
-    assert got == [(b"0", True), (b"1", False), (b"2", False), (b"3", False)]
+    # Order is kept and the unacknowledged one is resent with DUP. Messages 1-3
+    # carry DUP too when they were written to the aborted socket before the
+    # broker saw it go (a race with the abort); either is correct.
+    assert [payload for payload, _ in got] == [b"0", b"1", b"2", b"3"]
+    assert got[0][1] is True
 
 
 def test_qos2_pubrel_resent_after_reconnect(port, raw, client):
