@@ -57,6 +57,7 @@ async function startBroker(env = {}) {
       TRIBUTARY__LISTENERS__TCP__DEFAULT__BIND: `127.0.0.1:${mqttPort}`,
       TRIBUTARY__MQTTSN__BIND: '127.0.0.1:0',
       TRIBUTARY__COAP__BIND: '127.0.0.1:0',
+      TRIBUTARY__LWM2M__BIND: '127.0.0.1:0',
       TRIBUTARY__API__BIND: '127.0.0.1:0',
       TRIBUTARY__LISTENERS__WS__DEFAULT__BIND: '127.0.0.1:0',
       TRIBUTARY__STOMP__BIND: `127.0.0.1:${stompPort}`,

@@ -56,6 +56,9 @@ class Broker:
             "TRIBUTARY__MQTTSN__BIND": "127.0.0.1:0",
             # ... nor over the CoAP one.
             "TRIBUTARY__COAP__BIND": "127.0.0.1:0",
+            # ... nor over the LwM2M one; object definitions from the repository.
+            "TRIBUTARY__LWM2M__BIND": "127.0.0.1:0",
+            "TRIBUTARY__LWM2M__XML_DIR": str(REPO / "config" / "lwm2m_xml"),
             # ... nor over STOMP's (TCP and HTTP).
             "TRIBUTARY__STOMP__BIND": "127.0.0.1:0",
             "TRIBUTARY__STOMP__WS_BIND": "127.0.0.1:0",

@@ -127,6 +127,8 @@ impl TestBroker {
                 .env("TRIBUTARY__MQTTSN__BIND", "127.0.0.1:0")
                 // ... nor over the CoAP one.
                 .env("TRIBUTARY__COAP__BIND", "127.0.0.1:0")
+                // ... nor over the LwM2M one.
+                .env("TRIBUTARY__LWM2M__BIND", "127.0.0.1:0")
                 // ... nor over STOMP's (TCP and HTTP).
                 .env("TRIBUTARY__STOMP__BIND", "127.0.0.1:0")
                 .env("TRIBUTARY__STOMP__WS_BIND", "127.0.0.1:0")
