@@ -10,6 +10,11 @@
 //! inbox is empty, both checked under the table lock the reader enqueues
 //! under.
 //!
+//! Some clients send Update and De-register from a fresh socket (a new
+//! source port) while still listening on the one they registered from;
+//! a [`PeerDirectory`] maps endpoint names to the peer holding the
+//! registration, and such a request is handed to that peer's task.
+//!
 //! Bounds: `max_peers` table entries and `peer_queue_len` datagrams per
 //! inbox; datagrams beyond either are dropped and counted in
 //! [`Lwm2mStats`].
@@ -29,7 +34,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn, Instrument};
 use tributary_config::Config;
 use tributary_core::Broker;
-use tributary_lwm2m::{Device, DeviceConfig, Registry};
+use tributary_lwm2m::{Device, DeviceConfig, Directory, Registry, Remote};
 
 use crate::mqtt_tcp::now;
 
@@ -115,12 +120,53 @@ pub async fn start(
     Ok(Some(addr))
 }
 
-type PeerTable = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Bytes>>>>;
+/// What a peer task receives.
+enum Input {
+    /// A datagram from the peer.
+    Datagram(Bytes),
+    /// An Update/De-register for its registration that came from another address.
+    Remote(Remote),
+}
+
+type PeerTable = Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Input>>>>;
+
+/// Endpoint name → the peer holding its registration.
+pub struct PeerDirectory {
+    peers: PeerTable,
+    owners: Mutex<HashMap<String, SocketAddr>>,
+}
+
+impl Directory for PeerDirectory {
+    fn claim(&self, ep: &str, owner: SocketAddr) {
+        self.owners.lock().insert(ep.to_string(), owner);
+    }
+
+    fn release(&self, ep: &str, owner: SocketAddr) {
+        let mut owners = self.owners.lock();
+        if owners.get(ep) == Some(&owner) {
+            owners.remove(ep);
+        }
+    }
+
+    fn forward(&self, ep: &str, op: Remote) -> bool {
+        let Some(owner) = self.owners.lock().get(ep).copied() else {
+            return false;
+        };
+        let peers = self.peers.lock();
+        peers
+            .get(&owner)
+            .is_some_and(|tx| tx.try_send(Input::Remote(op)).is_ok())
+    }
+}
 
 /// Serve LwM2M on `socket` until shutdown, then wait for the peer tasks.
 pub async fn serve(socket: UdpSocket, ctx: Lwm2mContext) {
     let socket = Arc::new(socket);
     let peers: PeerTable = Arc::new(Mutex::new(HashMap::new()));
+    let directory = Arc::new(PeerDirectory {
+        peers: peers.clone(),
+        owners: Mutex::new(HashMap::new()),
+    });
     let mut tasks = JoinSet::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut shutdown = ctx.shutdown.clone();
@@ -129,7 +175,7 @@ pub async fn serve(socket: UdpSocket, ctx: Lwm2mContext) {
             r = socket.recv_from(&mut buf) => match r {
                 Ok((n, peer)) => {
                     let data = Bytes::copy_from_slice(&buf[..n]);
-                    dispatch(data, peer, &socket, &peers, &ctx, &mut tasks);
+                    dispatch(data, peer, &socket, &peers, &directory, &ctx, &mut tasks);
                 }
                 Err(e) => debug!(error = %e, "LwM2M receive failed"),
             },
@@ -146,12 +192,13 @@ fn dispatch(
     peer: SocketAddr,
     socket: &Arc<UdpSocket>,
     peers: &PeerTable,
+    directory: &Arc<PeerDirectory>,
     ctx: &Lwm2mContext,
     tasks: &mut JoinSet<()>,
 ) {
     let mut table = peers.lock();
     let data = match table.get(&peer) {
-        Some(tx) => match tx.try_send(data) {
+        Some(tx) => match tx.try_send(Input::Datagram(data)) {
             Ok(()) => return,
             Err(TrySendError::Full(_)) => {
                 ctx.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
@@ -160,7 +207,7 @@ fn dispatch(
             }
             Err(TrySendError::Closed(data)) => data,
         },
-        None => data,
+        None => Input::Datagram(data),
     };
     if table.len() >= ctx.max_peers && !table.contains_key(&peer) {
         ctx.stats.datagrams_dropped.fetch_add(1, Ordering::Relaxed);
@@ -181,6 +228,7 @@ fn dispatch(
             rx,
             ctx.clone(),
             peers.clone(),
+            directory.clone(),
             rand::random(),
         )
         .instrument(span),
@@ -190,15 +238,17 @@ fn dispatch(
 async fn peer_task(
     socket: Arc<UdpSocket>,
     peer: SocketAddr,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Input>,
     ctx: Lwm2mContext,
     peers: PeerTable,
+    directory: Arc<PeerDirectory>,
     seed: u64,
 ) {
     let mut device = Device::new(
         ctx.broker.clone(),
         ctx.device.clone(),
         ctx.registry.clone(),
+        directory,
         peer,
         seed,
         now(),
@@ -218,10 +268,10 @@ async fn peer_task(
         tokio::select! {
             d = rx.recv() => match d {
                 Some(d) => {
-                    device.handle_datagram(&d, now());
+                    handle(&mut device, d);
                     for _ in 1..BATCH {
                         match rx.try_recv() {
-                            Ok(d) => device.handle_datagram(&d, now()),
+                            Ok(d) => handle(&mut device, d),
                             Err(_) => break,
                         }
                     }
@@ -250,6 +300,13 @@ async fn peer_task(
     }
     device.finish(now());
     ctx.stats.peers.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn handle(device: &mut Device, input: Input) {
+    match input {
+        Input::Datagram(d) => device.handle_datagram(&d, now()),
+        Input::Remote(op) => device.handle_remote(op, now()),
+    }
 }
 
 async fn flush(socket: &UdpSocket, device: &mut Device, peer: SocketAddr) {

@@ -372,9 +372,15 @@ impl Command {
                 m.code = if *single { Code::PUT } else { Code::POST };
                 set_path(&mut m, t.alternate_path, base);
                 let values = typed_entries(entries, t.registry)?;
-                // One value of a single resource: TLV for 1.0 as EMQX does,
-                // otherwise the device's format.
-                encode_into(&mut m, t.write_format, &values, base)?;
+                // One resource: plain text (opaque as octets), which every
+                // version requires for single resources (TS Core 1.0 §6.4.1);
+                // several: the device's format.
+                let cf = match values.as_slice() {
+                    [(p, Value::Opaque(_))] if *single && p.depth() == 3 => content::OPAQUE,
+                    [(p, _)] if *single && p.depth() == 3 => content::TEXT,
+                    _ => t.write_format,
+                };
+                encode_into(&mut m, cf, &values, base)?;
             }
             Op::WriteAttr(p, attrs) => {
                 m.code = Code::PUT;
@@ -548,7 +554,16 @@ mod tests {
         .expect("p");
         let m = c.request(&target(&reg), Token::EMPTY).expect("req");
         assert_eq!(m.code, Code::PUT);
-        assert_eq!(&m.payload[..], &[0xC4, 0x0D, 0x51, 0x82, 0x42, 0x8F]);
+        assert_eq!(m.content_format(), Some(content::TEXT));
+        assert_eq!(&m.payload[..], b"1367491215");
+        // Several resources of a 1.0 device: TLV.
+        let c = parse(
+            br#"{"reqID":3,"msgType":"write","data":{"basePath":"/3/0","content":[{"path":"13","type":"Time","value":1367491215},{"path":"14","value":"+02"}]}}"#,
+        )
+        .expect("p");
+        let m = c.request(&target(&reg), Token::EMPTY).expect("req");
+        assert_eq!(m.content_format(), Some(content::TLV));
+        assert_eq!(&m.payload[..6], &[0xC4, 0x0D, 0x51, 0x82, 0x42, 0x8F]);
         let c = parse(
             br#"{"reqID":4,"msgType":"write","data":{"basePath":"/1/0","content":[
                 {"path":"2","type":"Integer","value":10},{"path":"/1/0/3","type":"Integer","value":20}]}}"#,

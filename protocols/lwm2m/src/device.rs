@@ -132,6 +132,53 @@ impl Default for DeviceConfig {
     }
 }
 
+/// An Update or De-register that arrived from an address other than the
+/// one the device registered from, for the peer holding the registration.
+#[derive(Debug, Clone)]
+pub enum Remote {
+    /// Update with its query parameters and optional object list.
+    Update {
+        /// Uri-Query items.
+        queries: Vec<String>,
+        /// Object list (may be empty).
+        payload: Bytes,
+    },
+    /// De-register.
+    Deregister,
+}
+
+/// Which peer holds which endpoint's registration, across peers. The
+/// driver implements it (it owns the peers' inboxes).
+pub trait Directory: Send + Sync {
+    /// `owner` now holds `ep`'s registration.
+    fn claim(&self, ep: &str, owner: SocketAddr);
+    /// `owner` no longer holds `ep` (no-op when another peer took it since).
+    fn release(&self, ep: &str, owner: SocketAddr);
+    /// Hand `op` to the peer holding `ep`; false when none does.
+    fn forward(&self, ep: &str, op: Remote) -> bool;
+}
+
+/// A directory that knows no other peer (tests, single-peer use).
+#[derive(Debug, Default)]
+pub struct NoDirectory;
+
+impl Directory for NoDirectory {
+    fn claim(&self, _: &str, _: SocketAddr) {}
+    fn release(&self, _: &str, _: SocketAddr) {}
+    fn forward(&self, _: &str, _: Remote) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Default)]
+struct UpdateParams {
+    lifetime: Option<u32>,
+    binding: Option<String>,
+    sms: Option<String>,
+    queue: bool,
+    objects: Option<ObjectList>,
+}
+
 #[derive(Debug)]
 struct Registration {
     ep: String,
@@ -166,6 +213,7 @@ pub struct Device {
     broker: Arc<Broker>,
     config: Arc<DeviceConfig>,
     registry: Arc<Registry>,
+    directory: Arc<dyn Directory>,
     peer: SocketAddr,
     layer: MessageLayer,
     reg: Option<Registration>,
@@ -204,6 +252,7 @@ impl Device {
         broker: Arc<Broker>,
         config: Arc<DeviceConfig>,
         registry: Arc<Registry>,
+        directory: Arc<dyn Directory>,
         peer: SocketAddr,
         seed: u64,
         now: Instant,
@@ -213,6 +262,7 @@ impl Device {
             broker,
             config,
             registry,
+            directory,
             peer,
             reg: None,
             pending: HashMap::new(),
@@ -446,6 +496,7 @@ impl Device {
             client,
             mountpoint,
         });
+        self.directory.claim(&ep, self.peer);
         let event = self.event("register", true);
         self.publish(&self.config.topics.register.clone(), &event);
         let mut r = response(Code::CREATED);
@@ -471,15 +522,10 @@ impl Device {
         json!({"msgType": msg_type, "data": data})
     }
 
-    fn update(&mut self, m: &Message, ep: &str, now: Instant) -> Result<Message, Refusal> {
-        let Some(r) = &mut self.reg else {
-            // Unknown here (e.g. the device's address changed): it must register again.
-            return Err((Code::NOT_FOUND, "no such registration"));
-        };
-        if r.ep != ep {
-            return Err((Code::NOT_FOUND, "no such registration"));
-        }
-        for item in m.queries() {
+    /// Validate an Update's parameters and object list before anything changes.
+    fn parse_update(&self, queries: &[String], payload: &[u8]) -> Result<UpdateParams, Refusal> {
+        let mut u = UpdateParams::default();
+        for item in queries {
             let (k, v) = item.split_once('=').unwrap_or((item.as_str(), ""));
             match k {
                 "lt" => {
@@ -490,36 +536,103 @@ impl Device {
                     if life < self.config.lifetime_min || life > self.config.lifetime_max {
                         return Err((Code::BAD_REQUEST, "lifetime out of the accepted range"));
                     }
-                    r.lifetime = lt;
+                    u.lifetime = Some(lt);
                 }
-                "b" => {
-                    r.binding = v.to_string();
-                    r.queue_mode = r.binding.contains('Q');
-                }
-                "sms" => r.sms = Some(v.to_string()),
-                "Q" => r.queue_mode = true,
+                "b" => u.binding = Some(v.to_string()),
+                "sms" => u.sms = Some(v.to_string()),
+                "Q" => u.queue = true,
                 _ => {}
             }
         }
-        let has_objects = !m.payload.is_empty();
-        if has_objects {
-            let text = std::str::from_utf8(&m.payload)
+        if !payload.is_empty() {
+            let text = std::str::from_utf8(payload)
                 .map_err(|_| (Code::BAD_REQUEST, "object list is not UTF-8"))?;
-            r.objects = link::object_list(text)
-                .map_err(|_| (Code::BAD_REQUEST, "object list is not link format"))?;
+            u.objects = Some(
+                link::object_list(text)
+                    .map_err(|_| (Code::BAD_REQUEST, "object list is not link format"))?,
+            );
         }
+        Ok(u)
+    }
+
+    /// Apply a validated Update (from this peer or handed over by another).
+    fn apply_update(&mut self, u: UpdateParams, now: Instant) {
+        let Some(r) = &mut self.reg else { return };
+        if let Some(lt) = u.lifetime {
+            r.lifetime = lt;
+        }
+        if let Some(b) = u.binding {
+            r.queue_mode = b.contains('Q');
+            r.binding = b;
+        }
+        if u.queue {
+            r.queue_mode = true;
+        }
+        if let Some(s) = u.sms {
+            r.sms = Some(s);
+        }
+        let has_objects = u.objects.is_some();
+        if let Some(o) = u.objects {
+            r.objects = o;
+        }
+        r.last_seen = now;
         r.expires = now + Duration::from_secs(u64::from(r.lifetime));
         debug!(ep = %r.ep, lt = r.lifetime, "registration updated");
         if has_objects || self.config.update_publish == UpdatePublish::Always {
             let event = self.event("update", has_objects);
             self.publish(&self.config.topics.update.clone(), &event);
         }
-        Ok(response(Code::CHANGED))
+    }
+
+    fn update(&mut self, m: &Message, ep: &str, now: Instant) -> Result<Message, Refusal> {
+        let u = self.parse_update(&m.queries(), &m.payload)?;
+        if self.endpoint() == Some(ep) {
+            self.apply_update(u, now);
+            return Ok(response(Code::CHANGED));
+        }
+        // Registered through another address (clients that send Update
+        // from a fresh socket): hand it to the peer holding the registration.
+        let op = Remote::Update {
+            queries: m.queries(),
+            payload: m.payload.clone(),
+        };
+        if self.directory.forward(ep, op) {
+            Ok(response(Code::CHANGED))
+        } else {
+            Err((Code::NOT_FOUND, "no such registration"))
+        }
+    }
+
+    /// An Update or De-register for this peer's registration that arrived
+    /// at another peer (see [`Directory`]).
+    pub fn handle_remote(&mut self, op: Remote, now: Instant) {
+        self.clock = now;
+        match op {
+            Remote::Update { queries, payload } => match self.parse_update(&queries, &payload) {
+                Ok(u) => self.apply_update(u, now),
+                Err((_, why)) => debug!(why, "handed-over update refused"),
+            },
+            Remote::Deregister => {
+                info!(ep = ?self.endpoint(), "LwM2M device de-registered (through another address)");
+                self.drop_registration(
+                    Some(CloseKind::Normal {
+                        publish_will: false,
+                    }),
+                    "deregistered",
+                    now,
+                );
+            }
+        }
+        self.flush_queue(now);
     }
 
     fn deregister(&mut self, ep: &str, now: Instant) -> Result<Message, Refusal> {
         if self.endpoint() != Some(ep) {
-            return Err((Code::NOT_FOUND, "no such registration"));
+            return if self.directory.forward(ep, Remote::Deregister) {
+                Ok(response(Code::DELETED))
+            } else {
+                Err((Code::NOT_FOUND, "no such registration"))
+            };
         }
         info!(%ep, "LwM2M device de-registered");
         self.drop_registration(
@@ -559,6 +672,7 @@ impl Device {
         }
         self.observations.clear();
         if let Some(r) = self.reg.take() {
+            self.directory.release(&r.ep, self.peer);
             if let Some(kind) = close {
                 self.broker.close_session(&r.handle, kind, _now);
             }
@@ -584,7 +698,7 @@ impl Device {
         }
         if let Some(o) = self.observations.get(&m.token) {
             let seq = m.uint_option(opt::OBSERVE).and_then(Result::ok);
-            let data = self.decode_data(&o.req_path, &o.path, &m);
+            let data = self.decode_data(&o.req_path, &o.path, &m, false);
             let body = json!({"reqID": o.req_id, "msgType": "notify",
                               "seqNum": seq.map_or(Json::Null, Json::from), "data": data});
             self.publish(&self.config.topics.notify.clone(), &body);
@@ -597,14 +711,15 @@ impl Device {
         debug!(peer = %self.peer, token = ?m.token, "response to no request; ignored");
     }
 
-    fn decode_data(&self, req_path: &str, path: &Path, m: &Message) -> Json {
+    fn decode_data(&self, req_path: &str, path: &Path, m: &Message, discover: bool) -> Json {
         let mut data = json!({"reqPath": req_path, "code": m.code.to_string(),
                               "codeMsg": command::code_msg(m.code)});
         if m.payload.is_empty() {
             return data;
         }
         let cf = m.content_format();
-        if cf == Some(content::LINK) {
+        // Discover answers are link format even when a device omits the format.
+        if cf == Some(content::LINK) || (discover && cf.is_none()) {
             let text = String::from_utf8_lossy(&m.payload);
             match link::parse(&text) {
                 Ok(links) => {
@@ -626,7 +741,13 @@ impl Device {
     }
 
     fn answer(&mut self, cmd: Command, m: Message, _now: Instant) {
-        let data = self.decode_data(&cmd.req_path, cmd.path(), &m);
+        debug!(msg_type = %cmd.msg_type, code = %m.code, cf = ?m.content_format(), bytes = m.payload.len(), "answer from the device");
+        let data = self.decode_data(
+            &cmd.req_path,
+            cmd.path(),
+            &m,
+            matches!(cmd.op, Op::Discover(_)),
+        );
         if matches!(cmd.op, Op::Observe(_)) && m.code == Code::CONTENT && m.has_option(opt::OBSERVE)
         {
             // The observation lives on under the same token.
@@ -706,6 +827,7 @@ impl Device {
         };
         match cmd.request(&target, token) {
             Ok(m) => {
+                debug!(msg_type = %cmd.msg_type, code = %m.code, path = ?m.path(), token = ?token, "request to the device");
                 let message_id = self.layer.send(m, now);
                 self.pending.insert(token, Pending { cmd, message_id });
             }
