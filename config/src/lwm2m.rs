@@ -78,6 +78,10 @@ pub struct Lwm2mConfig {
     pub max_queued: u32,
     /// Requests awaiting a device's answer at once (further ones wait in the buffer). Default 16.
     pub max_inflight: u32,
+    /// How long a command waits for the device's answer (also a separate response after an
+    /// empty ACK) before `5.04 timeout` is published. Default 60 s.
+    #[serde(with = "duration")]
+    pub response_timeout: Duration,
     /// Paths observed automatically after registration (when the device has the object).
     /// Default none.
     pub auto_observe: Vec<String>,
@@ -110,6 +114,7 @@ impl Default for Lwm2mConfig {
             qmode_time_window: Duration::from_secs(22),
             max_queued: 100,
             max_inflight: 16,
+            response_timeout: Duration::from_secs(60),
             auto_observe: Vec::new(),
             update_msg_publish_condition: UpdatePublishCondition::ContainsObjectList,
             publish_qos: 0,
@@ -143,6 +148,7 @@ impl Lwm2mConfig {
             ("lifetime_max", self.lifetime_max),
             ("qmode_time_window", self.qmode_time_window),
             ("ack_timeout", self.ack_timeout),
+            ("response_timeout", self.response_timeout),
         ] {
             if value.is_zero() {
                 push(key, "must be greater than zero".to_owned());

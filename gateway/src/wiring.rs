@@ -282,6 +282,7 @@ pub fn lwm2m_device(config: &Config) -> Arc<tributary_lwm2m::DeviceConfig> {
         qmode_time_window: c.qmode_time_window,
         max_queued: c.max_queued as usize,
         max_inflight: c.max_inflight as usize,
+        response_timeout: c.response_timeout,
         auto_observe: c.auto_observe.clone(),
         update_publish: match c.update_msg_publish_condition {
             tributary_config::UpdatePublishCondition::Always => {

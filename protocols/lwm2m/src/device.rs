@@ -105,6 +105,9 @@ pub struct DeviceConfig {
     pub max_queued: usize,
     /// Requests awaiting the device's answer at once.
     pub max_inflight: usize,
+    /// How long a request may wait for the device's answer, including a
+    /// separate response after an empty ACK (then 5.04 timeout).
+    pub response_timeout: Duration,
     /// Paths observed automatically after registration (when the device
     /// has their object).
     pub auto_observe: Vec<String>,
@@ -125,6 +128,7 @@ impl Default for DeviceConfig {
             qmode_time_window: Duration::from_secs(22),
             max_queued: 100,
             max_inflight: 16,
+            response_timeout: Duration::from_secs(60),
             auto_observe: Vec::new(),
             update_publish: UpdatePublish::ContainsObjectList,
             transmission: TransmissionParams::default(),
@@ -199,6 +203,8 @@ struct Registration {
 struct Pending {
     cmd: Command,
     message_id: u16,
+    /// Answered with 5.04 when no response came by then.
+    deadline: Instant,
 }
 
 #[derive(Debug)]
@@ -302,6 +308,7 @@ impl Device {
         [
             self.layer.next_deadline(),
             self.reg.as_ref().map(|r| r.expires),
+            self.pending.values().map(|p| p.deadline).min(),
         ]
         .into_iter()
         .flatten()
@@ -829,7 +836,15 @@ impl Device {
             Ok(m) => {
                 debug!(msg_type = %cmd.msg_type, code = %m.code, path = ?m.path(), token = ?token, "request to the device");
                 let message_id = self.layer.send(m, now);
-                self.pending.insert(token, Pending { cmd, message_id });
+                let deadline = now + self.config.response_timeout;
+                self.pending.insert(
+                    token,
+                    Pending {
+                        cmd,
+                        message_id,
+                        deadline,
+                    },
+                );
             }
             Err(why) => self.answer_locally(&cmd, Code::BAD_REQUEST, None, &why),
         }
@@ -919,6 +934,23 @@ impl Device {
                     Code::new(5, 4),
                     Some("timeout"),
                     "the device did not answer",
+                );
+            }
+        }
+        let late: Vec<Token> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in late {
+            if let Some(p) = self.pending.remove(&t) {
+                self.layer.cancel(p.message_id);
+                self.answer_locally(
+                    &p.cmd,
+                    Code::new(5, 4),
+                    Some("timeout"),
+                    "no response from the device in time",
                 );
             }
         }
