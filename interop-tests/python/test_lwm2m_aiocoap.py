@@ -98,6 +98,9 @@ def test_read_object_instance_in_each_format(lwm2m_broker, app, fmt):
             assert r["data"]["codeMsg"] == "content"
             assert r["data"]["reqPath"] == "/3/0"
             assert sorted(r["data"]["content"], key=lambda e: int(e["path"].split("/")[-1])) == EXPECTED_3_0
+            # 1.1+ devices that announced formats are asked for theirs; 1.0 ones get no Accept.
+            get = await d.wait_request(lambda m: m.code == Code.GET)
+            assert get.opt.accept == (None if d.version == "1.0" else fmt)
             t = await in_thread(a.command, d.ep, "read", {"path": "/3303/0"})
             assert {"path": "/3303/0/5700", "value": 21.5} in t["data"]["content"]
         finally:

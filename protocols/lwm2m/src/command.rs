@@ -305,6 +305,10 @@ pub struct Target<'a> {
     pub alternate_path: &'a str,
     /// Content-Format for writes and creates ([`content::write_format`]).
     pub write_format: u16,
+    /// Accept for reads and observations: the device's format when it
+    /// announced its formats (`ct=`, 1.1+), none otherwise (the device's
+    /// default: TLV or text for 1.0).
+    pub accept: Option<u16>,
     /// Object definitions.
     pub registry: &'a Registry,
 }
@@ -351,7 +355,12 @@ impl Command {
     pub fn request(&self, t: &Target<'_>, token: Token) -> Result<Message, String> {
         let mut m = Message::new(MessageType::Con, Code::GET, 0, token);
         match &self.op {
-            Op::Read(p) => set_path(&mut m, t.alternate_path, p),
+            Op::Read(p) => {
+                set_path(&mut m, t.alternate_path, p);
+                if let Some(a) = t.accept {
+                    m.add_uint_option(opt::ACCEPT, u32::from(a));
+                }
+            }
             Op::Discover(p) => {
                 set_path(&mut m, t.alternate_path, p);
                 m.add_uint_option(opt::ACCEPT, u32::from(content::LINK));
@@ -359,10 +368,16 @@ impl Command {
             Op::Observe(p) => {
                 set_path(&mut m, t.alternate_path, p);
                 m.add_uint_option(opt::OBSERVE, 0);
+                if let Some(a) = t.accept {
+                    m.add_uint_option(opt::ACCEPT, u32::from(a));
+                }
             }
             Op::CancelObserve(p) => {
                 set_path(&mut m, t.alternate_path, p);
                 m.add_uint_option(opt::OBSERVE, 1);
+                if let Some(a) = t.accept {
+                    m.add_uint_option(opt::ACCEPT, u32::from(a));
+                }
             }
             Op::Write {
                 base,
@@ -525,6 +540,7 @@ mod tests {
         Target {
             alternate_path: "/",
             write_format: content::TLV,
+            accept: None,
             registry: reg,
         }
     }
@@ -538,6 +554,13 @@ mod tests {
             (m.code, m.path()),
             (Code::GET, vec!["3".into(), "0".into(), "0".into()])
         );
+        assert_eq!(m.uint_option(opt::ACCEPT), None);
+        let senml = Target {
+            accept: Some(content::SENML_JSON),
+            ..target(&reg)
+        };
+        let m = c.request(&senml, Token::EMPTY).expect("req");
+        assert_eq!(m.uint_option(opt::ACCEPT), Some(Ok(110)));
         let d = parse(br#"{"reqID":"2","msgType":"discover","data":{"path":"/3/0"}}"#)
             .expect("p")
             .request(&target(&reg), Token::EMPTY)

@@ -827,9 +827,12 @@ impl Device {
                 token = t;
             }
         }
+        let write_format = content::write_format(&r.lwm2m, &r.objects.content_formats);
+        let v10 = r.lwm2m == "1.0" || r.lwm2m == "1";
         let target = Target {
             alternate_path: &r.objects.alternate_path,
-            write_format: content::write_format(&r.lwm2m, &r.objects.content_formats),
+            write_format,
+            accept: (!v10 && !r.objects.content_formats.is_empty()).then_some(write_format),
             registry: &self.registry,
         };
         match cmd.request(&target, token) {
