@@ -82,6 +82,8 @@ pub struct Lwm2mConfig {
     /// empty ACK) before `5.04 timeout` is published. Default 60 s.
     #[serde(with = "duration")]
     pub response_timeout: Duration,
+    /// Largest device answer assembled from Block2 blocks, in bytes (at least 16). Default 1 MiB.
+    pub max_body_size: u32,
     /// Paths observed automatically after registration (when the device has the object).
     /// Default none.
     pub auto_observe: Vec<String>,
@@ -115,6 +117,7 @@ impl Default for Lwm2mConfig {
             max_queued: 100,
             max_inflight: 16,
             response_timeout: Duration::from_secs(60),
+            max_body_size: 1024 * 1024,
             auto_observe: Vec::new(),
             update_msg_publish_condition: UpdatePublishCondition::ContainsObjectList,
             publish_qos: 0,
@@ -153,6 +156,12 @@ impl Lwm2mConfig {
             if value.is_zero() {
                 push(key, "must be greater than zero".to_owned());
             }
+        }
+        if self.max_body_size < 16 {
+            push(
+                "max_body_size",
+                format!("must be at least 16, got {}", self.max_body_size),
+            );
         }
         if self.lifetime_min > self.lifetime_max {
             push(

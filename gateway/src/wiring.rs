@@ -283,6 +283,7 @@ pub fn lwm2m_device(config: &Config) -> Arc<tributary_lwm2m::DeviceConfig> {
         max_queued: c.max_queued as usize,
         max_inflight: c.max_inflight as usize,
         response_timeout: c.response_timeout,
+        max_body_size: c.max_body_size as usize,
         auto_observe: c.auto_observe.clone(),
         update_publish: match c.update_msg_publish_condition {
             tributary_config::UpdatePublishCondition::Always => {

@@ -270,6 +270,8 @@ class Device:
         }
         self.requests: list[aiocoap.Message] = []
         self.delay = 0.0
+        # When set, answers larger than this go block-wise (RFC 7959 Block2), sliced here.
+        self.block_size: int | None = None
         self.observers: dict[str, list] = {}
         self.ctx = None
         self.location = None
@@ -330,6 +332,17 @@ class Device:
                 cf, body = self.encode(path)
             except KeyError:
                 return aiocoap.Message(code=Code.NOT_FOUND)
+            if self.block_size and len(body) > self.block_size:
+                from aiocoap.optiontypes import BlockOption
+                szx = self.block_size.bit_length() - 5
+                num = request.opt.block2.block_number if request.opt.block2 else 0
+                part = body[num * self.block_size:(num + 1) * self.block_size]
+                more = (num + 1) * self.block_size < len(body)
+                m = aiocoap.Message(code=Code.CONTENT, payload=part, content_format=cf)
+                m.opt.block2 = BlockOption.BlockwiseTuple(num, more, szx)
+                if num == 0:
+                    m.opt.size2 = len(body)
+                return m
             return aiocoap.Message(code=Code.CONTENT, payload=body, content_format=cf)
         if request.code in (Code.PUT, Code.POST):
             return aiocoap.Message(code=Code.CREATED if len(request.opt.uri_path) == 1 else Code.CHANGED)
@@ -391,7 +404,8 @@ class _Root(aiocoap.resource.ObservableResource):
         self.device = device
 
     async def needs_blockwise_assembly(self, request):
-        return True
+        # The device slices its own Block2 answers (block_size); aiocoap must not.
+        return self.device.block_size is None
 
     async def render(self, request):
         return await self.device.render(request)

@@ -354,3 +354,27 @@ def test_device_that_never_answers_times_out(lwm2m_broker, app):
         assert (r["data"]["code"], r["data"]["codeMsg"]) == ("5.04", "timeout")
 
     run(scenario())
+
+
+def test_large_answer_arrives_block_wise(lwm2m_broker, app):
+    b, a = started(lwm2m_broker, app)
+
+    async def scenario():
+        d = Device("big", fmt=SENML_JSON)
+        big = "".join(chr(ord("a") + i % 26) for i in range(5000))
+        d.values["/3/0/1"] = ("String", big)
+        d.block_size = 1024
+        await d.start()
+        try:
+            assert (await d.register(b.lwm2m_port)).code == Code.CREATED
+            r = await in_thread(a.command, d.ep, "read", {"path": "/3/0/1"})
+            assert r["data"]["content"] == [{"path": "/3/0/1", "value": big}]
+            gets = [m for m in d.requests if m.code == Code.GET]
+            assert len(gets) == 5, "5000 bytes in 1024-byte blocks, each asked for"
+            assert [g.opt.block2.block_number if g.opt.block2 else 0 for g in gets] == [0, 1, 2, 3, 4]
+            r = await in_thread(a.command, d.ep, "read", {"path": "/3/0"})
+            assert {"path": "/3/0/1", "value": big} in r["data"]["content"]
+        finally:
+            await d.close()
+
+    run(scenario())

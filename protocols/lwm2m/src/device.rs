@@ -35,8 +35,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value as Json};
 use tracing::{debug, info};
+use tributary_coap::block::{Assembled, Assembler, BlockValue};
 use tributary_coap::layer::{response, MessageLayer, Received, TransmissionParams};
-use tributary_coap::msg::{opt, Code, Message, Token};
+use tributary_coap::msg::{opt, Code, Message, MessageType, Token};
 use tributary_core::auth::{Action, AuthOutcome};
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, QoS, SessionHandle,
@@ -108,6 +109,8 @@ pub struct DeviceConfig {
     /// How long a request may wait for the device's answer, including a
     /// separate response after an empty ACK (then 5.04 timeout).
     pub response_timeout: Duration,
+    /// Largest answer assembled from Block2 blocks.
+    pub max_body_size: usize,
     /// Paths observed automatically after registration (when the device
     /// has their object).
     pub auto_observe: Vec<String>,
@@ -129,6 +132,7 @@ impl Default for DeviceConfig {
             max_queued: 100,
             max_inflight: 16,
             response_timeout: Duration::from_secs(60),
+            max_body_size: 1024 * 1024,
             auto_observe: Vec::new(),
             update_publish: UpdatePublish::ContainsObjectList,
             transmission: TransmissionParams::default(),
@@ -205,6 +209,10 @@ struct Pending {
     message_id: u16,
     /// Answered with 5.04 when no response came by then.
     deadline: Instant,
+    /// The request as sent, for asking the next block of a Block2 answer.
+    request: Message,
+    /// The token of the first request: an observation lives on under it.
+    first_token: Token,
 }
 
 #[derive(Debug)]
@@ -226,6 +234,10 @@ pub struct Device {
     pending: HashMap<Token, Pending>,
     observations: HashMap<Token, Observation>,
     queue: VecDeque<Command>,
+    /// Block2 answers being assembled, by the first request's token.
+    blocks: Assembler<Token>,
+    /// The first block of an observation's answer (it carries Observe).
+    first_blocks: HashMap<Token, Message>,
     /// The time of the event being handled (set by every entry point).
     clock: Instant,
 }
@@ -265,6 +277,11 @@ impl Device {
     ) -> Device {
         Device {
             layer: MessageLayer::new(config.transmission, seed),
+            blocks: Assembler::new(
+                config.max_inflight.max(1),
+                config.max_body_size,
+                config.response_timeout,
+            ),
             broker,
             config,
             registry,
@@ -274,6 +291,7 @@ impl Device {
             pending: HashMap::new(),
             observations: HashMap::new(),
             queue: VecDeque::new(),
+            first_blocks: HashMap::new(),
             clock: now,
         }
     }
@@ -700,7 +718,11 @@ impl Device {
 
     fn handle_response(&mut self, m: Message, now: Instant) {
         if let Some(p) = self.pending.remove(&m.token) {
-            self.answer(p.cmd, m, now);
+            let block = m.option(opt::BLOCK2).and_then(BlockValue::decode);
+            match block {
+                Some(b) if m.code.class() == 2 => self.block2(p, b, m, now),
+                _ => self.answer(p.cmd, p.first_token, m, now),
+            }
             return;
         }
         if let Some(o) = self.observations.get(&m.token) {
@@ -747,7 +769,60 @@ impl Device {
         data
     }
 
-    fn answer(&mut self, cmd: Command, m: Message, _now: Instant) {
+    /// One block of a Block2 answer (RFC 7959 §2.4): assembled with the CoAP
+    /// crate's [`Assembler`]; the next block is asked for with the same
+    /// request (without Observe) and a fresh token.
+    fn block2(&mut self, p: Pending, b: BlockValue, m: Message, now: Instant) {
+        let key = p.first_token;
+        let size2 = m.uint_option(opt::SIZE2).and_then(Result::ok);
+        match self.blocks.feed(&key, b, &m.payload, size2, now) {
+            Ok(Assembled::Complete(body)) => {
+                let mut full = m;
+                full.remove_option(opt::BLOCK2);
+                full.payload = body;
+                self.answer(p.cmd, p.first_token, full, now);
+            }
+            Ok(Assembled::NeedMore) => {
+                let token = self.layer.new_token(4);
+                let mut next = p.request.clone();
+                next.token = token;
+                next.mtype = MessageType::Con;
+                next.remove_option(opt::OBSERVE);
+                next.remove_option(opt::BLOCK2);
+                let want = BlockValue {
+                    num: b.num + 1,
+                    more: false,
+                    szx: b.szx,
+                };
+                next.add_option(opt::BLOCK2, want.encode());
+                let message_id = self.layer.send(next.clone(), now);
+                // An observation's first answer keeps its token for the notifications.
+                if matches!(p.cmd.op, Op::Observe(_)) && m.has_option(opt::OBSERVE) && b.num == 0 {
+                    self.first_blocks.insert(p.first_token, m.clone());
+                }
+                self.pending.insert(
+                    token,
+                    Pending {
+                        message_id,
+                        deadline: now + self.config.response_timeout,
+                        request: next,
+                        ..p
+                    },
+                );
+            }
+            Err(e) => {
+                debug!(error = ?e, "block-wise answer abandoned");
+                self.answer_locally(
+                    &p.cmd,
+                    Code::new(4, 8),
+                    Some("request_entity_incomplete"),
+                    "block-wise answer from the device could not be assembled",
+                );
+            }
+        }
+    }
+
+    fn answer(&mut self, cmd: Command, token: Token, m: Message, _now: Instant) {
         debug!(msg_type = %cmd.msg_type, code = %m.code, cf = ?m.content_format(), bytes = m.payload.len(), "answer from the device");
         let data = self.decode_data(
             &cmd.req_path,
@@ -755,11 +830,13 @@ impl Device {
             &m,
             matches!(cmd.op, Op::Discover(_)),
         );
-        if matches!(cmd.op, Op::Observe(_)) && m.code == Code::CONTENT && m.has_option(opt::OBSERVE)
-        {
-            // The observation lives on under the same token.
+        let first = self.first_blocks.remove(&token);
+        let observing =
+            m.has_option(opt::OBSERVE) || first.is_some_and(|f| f.has_option(opt::OBSERVE));
+        if matches!(cmd.op, Op::Observe(_)) && m.code == Code::CONTENT && observing {
+            // The observation lives on under the first request's token.
             self.observations.insert(
-                m.token,
+                token,
                 Observation {
                     req_id: cmd.req_id.clone(),
                     req_path: cmd.req_path.clone(),
@@ -838,7 +915,7 @@ impl Device {
         match cmd.request(&target, token) {
             Ok(m) => {
                 debug!(msg_type = %cmd.msg_type, code = %m.code, path = ?m.path(), token = ?token, "request to the device");
-                let message_id = self.layer.send(m, now);
+                let message_id = self.layer.send(m.clone(), now);
                 let deadline = now + self.config.response_timeout;
                 self.pending.insert(
                     token,
@@ -846,6 +923,8 @@ impl Device {
                         cmd,
                         message_id,
                         deadline,
+                        request: m,
+                        first_token: token,
                     },
                 );
             }

@@ -300,3 +300,41 @@ fn registration_errors() {
     assert_eq!(h.request(Code::GET, "other", "")[0].code, Code::NOT_FOUND);
     assert!(h.published().is_empty());
 }
+
+#[test]
+fn block2_answers_are_assembled() {
+    let mut h = Harness::new(DeviceConfig::default());
+    h.register("ep=ep1&lt=600");
+    h.published();
+    let text = "0123456789abcdef0123456789ABCDEFxyz";
+    let mut req = h.command(json!({"reqID":3,"msgType":"read","data":{"path":"/3/0/0"}}));
+    for (num, chunk) in text.as_bytes().chunks(16).enumerate() {
+        let more = (num + 1) * 16 < text.len();
+        let r = &req[0];
+        if num > 0 {
+            let b = r.option(opt::BLOCK2).expect("asks for the next block");
+            assert_eq!(
+                b,
+                tributary_coap::block::BlockValue::new(num as u32, false, 0)
+                    .expect("b")
+                    .encode()
+            );
+            assert_eq!(r.path(), vec!["3", "0", "0"]);
+        }
+        let mut a = reply(r, MessageType::Ack, Code::CONTENT, Some(0), "");
+        a.payload = chunk.to_vec().into();
+        a.add_option(
+            opt::BLOCK2,
+            tributary_coap::block::BlockValue::new(num as u32, more, 0)
+                .expect("b")
+                .encode(),
+        );
+        req = h.feed(&a);
+        if more {
+            assert!(h.published().is_empty());
+        }
+    }
+    let p = h.published();
+    assert_eq!(p[0].1["data"]["content"][0]["value"], text);
+    assert_eq!(p[0].1["reqID"], 3);
+}
