@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value as Json};
 use tracing::{debug, info};
-use tributary_coap::block::{Assembled, Assembler, BlockValue};
+use tributary_coap::block::{Assembled, Assembler, BlockError, BlockValue};
 use tributary_coap::layer::{response, MessageLayer, Received, TransmissionParams};
 use tributary_coap::msg::{opt, Code, Message, MessageType, Token};
 use tributary_core::auth::{Action, AuthOutcome};
@@ -236,6 +236,8 @@ pub struct Device {
     queue: VecDeque<Command>,
     /// Block2 answers being assembled, by the first request's token.
     blocks: Assembler<Token>,
+    /// Block1 Register/Update payloads being assembled, by URI.
+    block1: Assembler<String>,
     /// The first block of an observation's answer (it carries Observe).
     first_blocks: HashMap<Token, Message>,
     /// The time of the event being handled (set by every entry point).
@@ -282,6 +284,11 @@ impl Device {
                 config.max_body_size,
                 config.response_timeout,
             ),
+            block1: Assembler::new(
+                2,
+                config.max_body_size,
+                config.transmission.exchange_lifetime,
+            ),
             broker,
             config,
             registry,
@@ -327,6 +334,8 @@ impl Device {
             self.layer.next_deadline(),
             self.reg.as_ref().map(|r| r.expires),
             self.pending.values().map(|p| p.deadline).min(),
+            self.block1.next_deadline(),
+            self.blocks.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -335,7 +344,7 @@ impl Device {
 
     /// Not registered and nothing remembered: the driver may drop the peer.
     pub fn is_idle(&self) -> bool {
-        self.reg.is_none() && self.layer.is_idle()
+        self.reg.is_none() && self.layer.is_idle() && self.block1.is_empty()
     }
 
     fn publish(&self, suffix: &str, body: &Json) {
@@ -394,7 +403,39 @@ impl Device {
         self.flush_queue(now);
     }
 
-    fn handle_request(&mut self, m: Message, now: Instant) {
+    fn handle_request(&mut self, mut m: Message, now: Instant) {
+        // A Register/Update whose object list arrives in blocks (RFC 7959
+        // Block1; Wakaama does this with small block sizes): assembled with
+        // the CoAP crate's Assembler, 2.31 Continue for each block but the last.
+        if let Some(raw) = m.option(opt::BLOCK1) {
+            let Some(block) = BlockValue::decode(raw) else {
+                let mut r = response(Code::BAD_OPTION);
+                r.payload = Bytes::from_static(b"malformed Block1 option");
+                self.layer.respond(&m, r, now);
+                return;
+            };
+            let key = format!("{}?{}", m.path().join("/"), m.queries().join("&"));
+            let size1 = m.uint_option(opt::SIZE1).and_then(Result::ok);
+            match self.block1.feed(&key, block, &m.payload, size1, now) {
+                Ok(Assembled::NeedMore) => {
+                    let mut r = response(Code::CONTINUE);
+                    r.add_option(opt::BLOCK1, block.encode());
+                    self.layer.respond(&m, r, now);
+                    return;
+                }
+                Ok(Assembled::Complete(body)) => {
+                    m.payload = body;
+                }
+                Err(e) => {
+                    let code = match e {
+                        BlockError::TooLarge => Code::REQUEST_ENTITY_TOO_LARGE,
+                        _ => Code::REQUEST_ENTITY_INCOMPLETE,
+                    };
+                    self.layer.respond(&m, response(code), now);
+                    return;
+                }
+            }
+        }
         let path = m.path();
         let segs: Vec<&str> = path.iter().map(String::as_str).collect();
         let result = match (m.code, segs.as_slice()) {
@@ -406,7 +447,13 @@ impl Device {
         };
         let registered = result.is_ok() && segs == ["rd"];
         match result {
-            Ok(r) => self.layer.respond(&m, r, now),
+            Ok(mut r) => {
+                if let Some(raw) = m.option(opt::BLOCK1) {
+                    // The final block is acknowledged in the answer (RFC 7959 §2.3).
+                    r.add_option(opt::BLOCK1, raw.to_vec());
+                }
+                self.layer.respond(&m, r, now)
+            }
             Err((code, why)) => {
                 debug!(peer = %self.peer, %code, why, "registration request refused");
                 let mut r = response(code);
@@ -1019,6 +1066,8 @@ impl Device {
                 );
             }
         }
+        self.block1.expire(now);
+        self.blocks.expire(now);
         let late: Vec<Token> = self
             .pending
             .iter()

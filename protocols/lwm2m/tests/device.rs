@@ -338,3 +338,39 @@ fn block2_answers_are_assembled() {
     assert_eq!(p[0].1["data"]["content"][0]["value"], text);
     assert_eq!(p[0].1["reqID"], 3);
 }
+
+#[test]
+fn block1_registration_is_assembled() {
+    let mut h = Harness::new(DeviceConfig::default());
+    let list = r#"</>;rt="oma.lwm2m";ct=110,</1/0>,</3/0>,</3303/0>"#;
+    let chunks: Vec<&[u8]> = list.as_bytes().chunks(16).collect();
+    for (num, chunk) in chunks.iter().enumerate() {
+        let more = num + 1 < chunks.len();
+        h.mid += 1;
+        let mut m = Message::new(
+            MessageType::Con,
+            Code::POST,
+            h.mid,
+            Token::new(&[1]).expect("t"),
+        );
+        m.add_option(opt::URI_PATH, b"rd".to_vec());
+        m.add_option(opt::URI_QUERY, b"ep=ep1".to_vec());
+        m.add_option(
+            opt::BLOCK1,
+            tributary_coap::block::BlockValue::new(num as u32, more, 0)
+                .expect("b")
+                .encode(),
+        );
+        m.payload = chunk.to_vec().into();
+        let out = h.feed(&m);
+        assert_eq!(
+            out[0].code,
+            if more { Code::CONTINUE } else { Code::CREATED }
+        );
+    }
+    let p = h.published();
+    assert_eq!(
+        p[0].1["data"]["objectList"],
+        json!(["/1/0", "/3/0", "/3303/0"])
+    );
+}
