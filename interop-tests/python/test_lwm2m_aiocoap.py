@@ -378,3 +378,48 @@ def test_large_answer_arrives_block_wise(lwm2m_broker, app):
             await d.close()
 
     run(scenario())
+
+
+def test_mountpoint_authentication_and_acl_through_the_core(lwm2m_broker, app):
+    config = '''
+[lwm2m]
+mountpoint = "iot/${endpoint_name}/"
+
+[[authentication.client_rules]]
+permission = "deny"
+clientid = "banned-*"
+
+[[authorization.rules]]
+permission = "deny"
+action = "publish"
+clientid = "muted"
+topics = ["iot/muted/up/#"]
+'''
+    b, _ = started(lwm2m_broker, app, config=config)
+    a = app(b.port)
+    a.c.subscribe("iot/#", qos=1)
+
+    async def scenario():
+        ok, banned, muted = Device("ok-1"), Device("banned-1"), Device("muted")
+        for d in (ok, banned, muted):
+            await d.start()
+        try:
+            # The endpoint name is the client id: the core's client rules apply.
+            assert (await banned.register(b.lwm2m_port)).code == Code.FORBIDDEN
+            # The mountpoint template gives the topics.
+            assert (await ok.register(b.lwm2m_port)).code == Code.CREATED
+            t, ev = await in_thread(a.expect, lambda t, body: body.get("msgType") == "register")
+            assert t == "iot/ok-1/up/resp" and ev["data"]["ep"] == "ok-1"
+            a.c.publish("iot/ok-1/dn", json.dumps({"reqID": 1, "msgType": "read", "data": {"path": "/3/0/9"}}), qos=1)
+            t, r = await in_thread(a.expect, lambda t, body: body.get("reqID") == 1 and "/up/" in t)
+            assert t == "iot/ok-1/up/resp" and r["data"]["content"] == [{"path": "/3/0/9", "value": 87}]
+            # The ACL denies this device's publishes: its events never reach anyone.
+            assert (await muted.register(b.lwm2m_port)).code == Code.CREATED
+            a.c.publish("iot/muted/dn", json.dumps({"reqID": 2, "msgType": "read", "data": {"path": "/3/0/9"}}), qos=1)
+            await muted.wait_request(lambda m: m.code == Code.GET)
+            await in_thread(a.nothing, lambda t, body: t.startswith("iot/muted/up/"), 1.0)
+        finally:
+            for d in (ok, banned, muted):
+                await d.close()
+
+    run(scenario())
