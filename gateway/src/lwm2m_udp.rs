@@ -107,16 +107,28 @@ pub async fn start(
         .with_context(|| format!("lwm2m.bind: cannot bind {}", c.bind))?;
     let addr = socket.local_addr()?;
     info!(listener = "udp:lwm2m", %addr, "LwM2M gateway started");
-    let ctx = Lwm2mContext {
-        broker: broker.clone(),
-        device: crate::wiring::lwm2m_device(config),
-        registry: Arc::new(load_registry(&c.xml_dir)),
-        max_peers: c.max_peers as usize,
-        peer_queue_len: c.peer_queue_len as usize,
-        stats: Arc::new(Lwm2mStats::default()),
-        shutdown: shutdown.clone(),
-    };
-    tasks.spawn(serve(socket, ctx));
+    let broker = broker.clone();
+    let device = crate::wiring::lwm2m_device(config);
+    let (max_peers, peer_queue_len) = (c.max_peers as usize, c.peer_queue_len as usize);
+    let shutdown = shutdown.clone();
+    let dir = c.xml_dir.clone();
+    // The object files are read off the start-up path (start returns once
+    // every listener is bound); datagrams wait in the socket meanwhile.
+    tasks.spawn(async move {
+        let registry = tokio::task::spawn_blocking(move || load_registry(&dir))
+            .await
+            .unwrap_or_default();
+        let ctx = Lwm2mContext {
+            broker,
+            device,
+            registry: Arc::new(registry),
+            max_peers,
+            peer_queue_len,
+            stats: Arc::new(Lwm2mStats::default()),
+            shutdown,
+        };
+        serve(socket, ctx).await;
+    });
     Ok(Some(addr))
 }
 
