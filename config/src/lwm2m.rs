@@ -84,6 +84,8 @@ pub struct Lwm2mConfig {
     pub response_timeout: Duration,
     /// Largest device answer assembled from Block2 blocks, in bytes (at least 16). Default 1 MiB.
     pub max_body_size: u32,
+    /// Block size for requests larger than one block (Block1): 16, 32, … 1024. Default 1024.
+    pub block_size: u32,
     /// Paths observed automatically after registration (when the device has the object).
     /// Default none.
     pub auto_observe: Vec<String>,
@@ -118,6 +120,7 @@ impl Default for Lwm2mConfig {
             max_inflight: 16,
             response_timeout: Duration::from_secs(60),
             max_body_size: 1024 * 1024,
+            block_size: 1024,
             auto_observe: Vec::new(),
             update_msg_publish_condition: UpdatePublishCondition::ContainsObjectList,
             publish_qos: 0,
@@ -156,6 +159,15 @@ impl Lwm2mConfig {
             if value.is_zero() {
                 push(key, "must be greater than zero".to_owned());
             }
+        }
+        if !(self.block_size.is_power_of_two() && (16..=1024).contains(&self.block_size)) {
+            push(
+                "block_size",
+                format!(
+                    "must be a power of two between 16 and 1024, got {}",
+                    self.block_size
+                ),
+            );
         }
         if self.max_body_size < 16 {
             push(

@@ -284,6 +284,7 @@ pub fn lwm2m_device(config: &Config) -> Arc<tributary_lwm2m::DeviceConfig> {
         max_inflight: c.max_inflight as usize,
         response_timeout: c.response_timeout,
         max_body_size: c.max_body_size as usize,
+        block_szx: tributary_coap::block::szx_for(c.block_size as usize).unwrap_or(6),
         auto_observe: c.auto_observe.clone(),
         update_publish: match c.update_msg_publish_condition {
             tributary_config::UpdatePublishCondition::Always => {

@@ -116,6 +116,9 @@ pub struct DeviceConfig {
     pub response_timeout: Duration,
     /// Largest answer assembled from Block2 blocks.
     pub max_body_size: usize,
+    /// SZX of the blocks requests larger than one block are sent in
+    /// (6 = 1024 bytes); a device may ask for smaller ones.
+    pub block_szx: u8,
     /// Paths observed automatically after registration (when the device
     /// has their object).
     pub auto_observe: Vec<String>,
@@ -138,6 +141,7 @@ impl Default for DeviceConfig {
             max_inflight: 16,
             response_timeout: Duration::from_secs(60),
             max_body_size: 1024 * 1024,
+            block_szx: 6,
             auto_observe: Vec::new(),
             update_publish: UpdatePublish::ContainsObjectList,
             transmission: TransmissionParams::default(),
@@ -218,6 +222,8 @@ struct Pending {
     request: Message,
     /// The token of the first request: an observation lives on under it.
     first_token: Token,
+    /// A body going out in Block1 blocks: (body, block sent, SZX).
+    block1: Option<(Bytes, u32, u8)>,
 }
 
 #[derive(Debug)]

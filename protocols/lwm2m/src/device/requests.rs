@@ -27,6 +27,41 @@ impl Device {
 
     pub(super) fn handle_response(&mut self, m: Message, now: Instant) {
         if let Some(p) = self.pending.remove(&m.token) {
+            // A request going out in Block1 blocks: the next one after 2.31.
+            if let Some((body, num, szx)) = p.block1.clone() {
+                if m.code == Code::CONTINUE {
+                    // The device may ask for smaller blocks (§2.3).
+                    let want = m
+                        .option(opt::BLOCK1)
+                        .and_then(BlockValue::decode)
+                        .map_or(szx, |b| b.szx.min(szx));
+                    let next = ((num + 1) as usize * (1usize << (szx + 4))) >> (want + 4);
+                    self.send_block1(p, body, next as u32, want, now);
+                    return;
+                }
+            }
+            // Too large for the device: again in blocks of the size it names
+            // (Block1 in the 4.13), else half of ours (§2.9.3).
+            if m.code == Code::REQUEST_ENTITY_TOO_LARGE && !p.request.payload.is_empty() {
+                let ours = p
+                    .block1
+                    .as_ref()
+                    .map_or(self.config.block_szx.min(6), |b| b.2);
+                let want = m
+                    .option(opt::BLOCK1)
+                    .and_then(BlockValue::decode)
+                    .map(|b| b.szx)
+                    .unwrap_or(ours.saturating_sub(1));
+                if want < ours || (p.block1.is_none() && want <= ours) {
+                    let body = p
+                        .block1
+                        .as_ref()
+                        .map_or(p.request.payload.clone(), |b| b.0.clone());
+                    debug!(szx = want, "device wants the request in smaller blocks");
+                    self.send_block1(p, body, 0, want, now);
+                    return;
+                }
+            }
             let block = m.option(opt::BLOCK2).and_then(BlockValue::decode);
             match block {
                 Some(b) if m.code.class() == 2 => self.block2(p, b, m, now),
@@ -82,6 +117,41 @@ impl Device {
             }
         }
         data
+    }
+
+    /// Send block `num` (of size 2^(szx+4)) of a request body with Block1
+    /// (RFC 7959 §2.5), a fresh token each, Size1 on the first.
+    pub(super) fn send_block1(&mut self, p: Pending, body: Bytes, num: u32, szx: u8, now: Instant) {
+        let Some((part, block)) = tributary_coap::block::slice(&body, num, szx) else {
+            self.answer_locally(
+                &p.cmd,
+                Code::REQUEST_ENTITY_INCOMPLETE,
+                Some("request_entity_incomplete"),
+                "block-wise request out of range",
+            );
+            return;
+        };
+        let token = self.layer.new_token(4);
+        let mut m = p.request.clone();
+        m.token = token;
+        m.mtype = MessageType::Con;
+        m.remove_option(opt::BLOCK1);
+        m.remove_option(opt::SIZE1);
+        m.add_option(opt::BLOCK1, block.encode());
+        if num == 0 {
+            m.add_uint_option(opt::SIZE1, u32::try_from(body.len()).unwrap_or(u32::MAX));
+        }
+        m.payload = part;
+        let message_id = self.layer.send(m, now);
+        self.pending.insert(
+            token,
+            Pending {
+                message_id,
+                deadline: now + self.config.response_timeout,
+                block1: Some((body, num, szx)),
+                ..p
+            },
+        );
     }
 
     /// One block of a Block2 answer (RFC 7959 §2.4): assembled with the CoAP
@@ -230,6 +300,21 @@ impl Device {
         match cmd.request(&target, token) {
             Ok(m) => {
                 debug!(msg_type = %cmd.msg_type, code = %m.code, path = ?m.path(), token = ?token, "request to the device");
+                let szx = self.config.block_szx.min(6);
+                if m.payload.len() > 1 << (szx + 4) {
+                    // Larger than a block: Block1 from the start (RFC 7959 §2.5).
+                    let body = m.payload.clone();
+                    let p = Pending {
+                        cmd,
+                        message_id: 0,
+                        deadline: now + self.config.response_timeout,
+                        request: m,
+                        first_token: token,
+                        block1: None,
+                    };
+                    self.send_block1(p, body, 0, szx, now);
+                    return;
+                }
                 let message_id = self.layer.send(m.clone(), now);
                 let deadline = now + self.config.response_timeout;
                 self.pending.insert(
@@ -240,6 +325,7 @@ impl Device {
                         deadline,
                         request: m,
                         first_token: token,
+                        block1: None,
                     },
                 );
             }
