@@ -345,6 +345,12 @@ class Device:
                 return m
             return aiocoap.Message(code=Code.CONTENT, payload=body, content_format=cf)
         if request.code in (Code.PUT, Code.POST):
+            b1 = request.opt.block1
+            if b1 is not None and b1.more:
+                # Not assembling (block_size set): acknowledge each block (RFC 7959 §2.3).
+                m = aiocoap.Message(code=Code.CONTINUE)
+                m.opt.block1 = b1
+                return m
             return aiocoap.Message(code=Code.CREATED if len(request.opt.uri_path) == 1 else Code.CHANGED)
         if request.code == Code.DELETE:
             return aiocoap.Message(code=Code.DELETED)

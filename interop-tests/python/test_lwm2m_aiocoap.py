@@ -423,3 +423,26 @@ topics = ["iot/muted/up/#"]
                 await d.close()
 
     run(scenario())
+
+
+def test_large_write_goes_block_wise(lwm2m_broker, app):
+    b, a = started(lwm2m_broker, app, env={"TRIBUTARY__LWM2M__BLOCK_SIZE": "64"})
+
+    async def scenario():
+        d = Device("bigwrite")
+        d.block_size = 1024  # the device sees each block itself
+        await d.start()
+        try:
+            assert (await d.register(b.lwm2m_port)).code == Code.CREATED
+            text = "".join(chr(ord("A") + i % 26) for i in range(300))
+            r = await in_thread(a.command, d.ep, "write", {"path": "/3/0/14", "type": "String", "value": text})
+            assert (r["data"]["code"], r["data"]["codeMsg"]) == ("2.04", "changed")
+            puts = [m for m in d.requests if m.code == Code.PUT]
+            assert [m.opt.block1.block_number for m in puts] == [0, 1, 2, 3, 4]
+            assert all(m.opt.block1.size_exponent == 2 for m in puts)
+            assert puts[0].opt.size1 == 300
+            assert b"".join(m.payload for m in puts) == text.encode()
+        finally:
+            await d.close()
+
+    run(scenario())
