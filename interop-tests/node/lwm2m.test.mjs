@@ -253,7 +253,7 @@ describe('LwM2M gateway with lwm2m-node-lib', () => {
     await app.client.publishAsync(`lwm2m/${EP}/dn`,
       JSON.stringify({ reqID: 7001, msgType: 'cancel-observe', data: { path: '/3/0/9' } }));
     const c = await app.next((m) => m.topic.endsWith('/up/resp') && m.body.reqID === 7001);
-    assert.deepEqual(c.body, { reqID: 7001, msgType: 'ack', data: { reqPath: '/3/0/9' } });
+    assert.deepEqual(c.body, { reqID: 7001, msgType: 'ack', data: { path: '/3/0/9' } });
     // After the cancellation, changes are no longer published.
     await cb((k) => device.registry.setResource('/3/0', '9', '56', k));
     await assert.rejects(app.next((m) => m.topic === `lwm2m/${EP}/up/notify`, 1500));

@@ -120,7 +120,7 @@ def test_empty_ack_then_separate_response(lwm2m_broker, app):
             d.delay = 1.0  # aiocoap sends an empty ACK, then the response as a CON
             rid = await in_thread(a.send, d.ep, "read", {"path": "/3/0/0"})
             ack = await in_thread(a.expect, lambda t, body: body.get("reqID") == rid and body["msgType"] == "ack")
-            assert ack[1] == {"reqID": rid, "msgType": "ack", "data": {"reqPath": "/3/0/0"}}
+            assert ack[1] == {"reqID": rid, "msgType": "ack", "data": {"path": "/3/0/0"}}
             resp = await in_thread(a.response, d.ep, rid)
             assert resp["data"]["content"] == [{"path": "/3/0/0", "value": "Open Mobile Alliance"}]
         finally:

@@ -62,8 +62,10 @@ pub enum Op {
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Command {
-    /// Echoed in the response as given (number or string).
-    pub req_id: Json,
+    /// Every top-level field but `msgType` and `data` (`reqID`, or
+    /// `requestID`/`cacheID` as some EMQX applications send), echoed as
+    /// given in the response, as EMQX does.
+    pub echo: Map<String, Json>,
     /// Echoed in the response.
     pub msg_type: String,
     /// `path` or `basePath` as given, echoed as `reqPath`.
@@ -75,8 +77,8 @@ pub struct Command {
 /// A command that cannot be carried out; answered with 4.00.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadCommand {
-    /// The reqID, when the payload had one.
-    pub req_id: Json,
+    /// The fields to echo (`{"reqID": null}` when the payload was not an object).
+    pub echo: Map<String, Json>,
     /// The msgType, when the payload had one.
     pub msg_type: String,
     /// The path, when the payload had one.
@@ -126,8 +128,10 @@ fn entries(
 
 /// Parse a command payload.
 pub fn parse(payload: &[u8]) -> Result<Command, BadCommand> {
+    let mut unknown = Map::new();
+    unknown.insert("reqID".into(), Json::Null);
     let mut bad = BadCommand {
-        req_id: Json::Null,
+        echo: unknown,
         msg_type: String::new(),
         req_path: String::new(),
         why: String::new(),
@@ -143,7 +147,11 @@ pub fn parse(payload: &[u8]) -> Result<Command, BadCommand> {
         bad.why = "a command is a JSON object".into();
         return Err(bad);
     };
-    bad.req_id = o.get("reqID").cloned().unwrap_or(Json::Null);
+    bad.echo = o
+        .iter()
+        .filter(|(k, _)| k.as_str() != "data" && k.as_str() != "msgType")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     bad.msg_type = get_str(&o, "msgType").unwrap_or("").to_string();
     let empty = Map::new();
     let data = match o.get("data") {
@@ -160,7 +168,7 @@ pub fn parse(payload: &[u8]) -> Result<Command, BadCommand> {
         .to_string();
     match op(&bad.msg_type, data) {
         Ok(op) => Ok(Command {
-            req_id: bad.req_id,
+            echo: bad.echo,
             msg_type: bad.msg_type,
             req_path: bad.req_path,
             op,
@@ -471,9 +479,17 @@ pub fn code_msg(code: Code) -> &'static str {
     }
 }
 
+/// A payload echoing a command's fields with `msgType` and `data`.
+pub fn envelope(echo: &Map<String, Json>, msg_type: &str, data: Json) -> Json {
+    let mut o = echo.clone();
+    o.insert("msgType".into(), Json::from(msg_type));
+    o.insert("data".into(), data);
+    Json::Object(o)
+}
+
 /// A response payload: `{"reqID","msgType","data":{"reqPath","code","codeMsg"[,"content"]}}`.
 pub fn response(
-    req_id: &Json,
+    echo: &Map<String, Json>,
     msg_type: &str,
     req_path: &str,
     code: Code,
@@ -486,21 +502,21 @@ pub fn response(
     if let Some(c) = content {
         data.insert("content".into(), c);
     }
-    json!({"reqID": req_id, "msgType": msg_type, "data": Json::Object(data)})
+    envelope(echo, msg_type, Json::Object(data))
 }
 
 /// A response the gateway makes itself (the device never saw the
 /// command, or never answered): `code`, EMQX-style `codeMsg`, and `error`
 /// saying why.
 pub fn local_response(
-    req_id: &Json,
+    echo: &Map<String, Json>,
     msg_type: &str,
     req_path: &str,
     code: Code,
     code_msg_override: Option<&str>,
     why: &str,
 ) -> Json {
-    let mut v = response(req_id, msg_type, req_path, code, None);
+    let mut v = response(echo, msg_type, req_path, code, None);
     if let Some(data) = v.get_mut("data").and_then(Json::as_object_mut) {
         if let Some(m) = code_msg_override {
             data.insert("codeMsg".into(), Json::from(m));
@@ -513,7 +529,7 @@ pub fn local_response(
 /// The answer to a command that cannot be carried out: 4.00 bad_request.
 pub fn error_response(bad: &BadCommand) -> Json {
     local_response(
-        &bad.req_id,
+        &bad.echo,
         &bad.msg_type,
         &bad.req_path,
         Code::BAD_REQUEST,
@@ -645,7 +661,7 @@ mod tests {
             ),
         ] {
             let e = parse(payload).expect_err("bad");
-            assert_eq!(e.req_id, Json::from(9));
+            assert_eq!(e.echo["reqID"], Json::from(9));
             assert!(e.why.contains(why), "{}", e.why);
             let r = error_response(&e);
             assert_eq!(r["data"]["code"], "4.00");
@@ -656,8 +672,10 @@ mod tests {
 
     #[test]
     fn response_shape() {
+        let mut echo = Map::new();
+        echo.insert("reqID".into(), Json::from(1));
         let r = response(
-            &Json::from(1),
+            &echo,
             "read",
             "/3/0/0",
             Code::CONTENT,

@@ -24,8 +24,17 @@ fn err(s: impl Into<String>) -> SenmlError {
     SenmlError(s.into())
 }
 
+/// `bn` + `n` as a path. Names are path segments in LwM2M, so a base name
+/// without its trailing `/` (`"bn":"/3/0"`, `"n":"1"`) is joined with one,
+/// as EMQX does, rather than read as `/3/01`.
 fn resolve(base: &str, name: &str) -> Result<Path, SenmlError> {
-    let full = format!("{base}{name}");
+    let sep =
+        if !base.is_empty() && !base.ends_with('/') && !name.is_empty() && !name.starts_with('/') {
+            "/"
+        } else {
+            ""
+        };
+    let full = format!("{base}{sep}{name}");
     Path::parse(&full).map_err(|_| err(format!("name {full:?} is not an LwM2M path")))
 }
 
@@ -289,7 +298,8 @@ pub fn decode_lwm2m_json(b: &[u8]) -> Result<Vec<(Path, Value)>, SenmlError> {
         } else if let Some(v) = e.get("ov") {
             parse_objlnk(v.as_str().ok_or_else(|| err("ov is a string"))?).map_err(|e| err(e.0))?
         } else {
-            return Err(err("LwM2M JSON entry without a value"));
+            // An entry without a value (only a time, or nothing): skipped.
+            continue;
         };
         out.push((path, value));
     }
@@ -374,11 +384,27 @@ mod tests {
         );
     }
 
+    /// A base name without its trailing slash, entries without a value.
+    #[test]
+    fn lenient_base_names_and_valueless_entries() {
+        let b = br#"{"bn":"/3/0","e":[{"n":"0","sv":"x"},{"n":"15","t":123},{"n":"99"}]}"#;
+        assert_eq!(
+            decode_lwm2m_json(b).expect("decode"),
+            vec![(p("/3/0/0"), Value::String("x".into()))]
+        );
+        let b = br#"[{"bn":"/3303/0","n":"5700","v":1.5}]"#;
+        assert_eq!(
+            decode_json(b).expect("decode"),
+            vec![(p("/3303/0/5700"), Value::Float(1.5))]
+        );
+    }
+
     #[test]
     fn malformed_is_an_error() {
         assert!(decode_json(b"{").is_err());
         assert!(decode_json(br#"[{"n":"x","v":1}]"#).is_err());
         assert!(decode_cbor(&[0xFF]).is_err());
-        assert!(decode_lwm2m_json(br#"{"e":[{"n":"1"}]}"#).is_err());
+        assert!(decode_lwm2m_json(br#"{"e":[{"n":"1","v":"x"}]}"#).is_err());
+        assert!(decode_lwm2m_json(br#"{"e":[{"n":"x","v":1}]}"#).is_err());
     }
 }

@@ -194,6 +194,28 @@ fn register_then_read_piggybacked() {
 }
 
 #[test]
+fn every_top_level_field_of_a_command_is_echoed() {
+    let mut h = Harness::new(DeviceConfig::default());
+    h.register("ep=ep1&lt=60");
+    h.published();
+    // EMQX applications may correlate with requestID/cacheID instead of reqID.
+    let out =
+        h.command(json!({"requestID":206,"cacheID":206,"msgType":"read","data":{"path":"/3/0/0"}}));
+    h.feed(&reply(
+        &out[0],
+        MessageType::Ack,
+        Code::CONTENT,
+        Some(0),
+        "EMQ",
+    ));
+    assert_eq!(
+        h.published()[0].1,
+        json!({"requestID":206,"cacheID":206,"msgType":"read","data":{"reqPath":"/3/0/0",
+               "code":"2.05","codeMsg":"content","content":[{"path":"/3/0/0","value":"EMQ"}]}})
+    );
+}
+
+#[test]
 fn empty_ack_then_separate_response() {
     let mut h = Harness::new(DeviceConfig::default());
     h.register("ep=ep1&lt=60");
@@ -202,7 +224,7 @@ fn empty_ack_then_separate_response() {
     h.feed(&Message::empty(MessageType::Ack, out[0].message_id));
     assert_eq!(
         h.published()[0].1,
-        json!({"reqID":"a","msgType":"ack","data":{"reqPath":"/3/0/4"}})
+        json!({"reqID":"a","msgType":"ack","data":{"path":"/3/0/4"}})
     );
     // The separate response is a CON of its own, acknowledged by the gateway.
     let mut sep = reply(&out[0], MessageType::Con, Code::CHANGED, None, "");

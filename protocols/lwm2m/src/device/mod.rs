@@ -228,7 +228,7 @@ struct Pending {
 
 #[derive(Debug)]
 struct Observation {
-    req_id: Json,
+    echo: serde_json::Map<String, Json>,
     req_path: String,
     path: Path,
 }
@@ -386,8 +386,9 @@ impl Device {
             Received::Acknowledged { token, .. } => {
                 if let Some(p) = self.pending.get(&token) {
                     // Empty ACK: the answer comes later as a separate response.
-                    let body = json!({"reqID": p.cmd.req_id, "msgType": "ack",
-                                      "data": {"reqPath": p.cmd.req_path}});
+                    // EMQX: the command's fields, msgType "ack", data.path.
+                    let body =
+                        command::envelope(&p.cmd.echo, "ack", json!({"path": p.cmd.req_path}));
                     self.publish(&self.config.topics.response.clone(), &body);
                 }
             }

@@ -14,14 +14,8 @@ impl Device {
         code_msg: Option<&str>,
         why: &str,
     ) {
-        let body = command::local_response(
-            &cmd.req_id,
-            &cmd.msg_type,
-            &cmd.req_path,
-            code,
-            code_msg,
-            why,
-        );
+        let body =
+            command::local_response(&cmd.echo, &cmd.msg_type, &cmd.req_path, code, code_msg, why);
         self.publish(&self.config.topics.response.clone(), &body);
     }
 
@@ -72,8 +66,8 @@ impl Device {
         if let Some(o) = self.observations.get(&m.token) {
             let seq = m.uint_option(opt::OBSERVE).and_then(Result::ok);
             let data = self.decode_data(&o.req_path, &o.path, &m, false);
-            let body = json!({"reqID": o.req_id, "msgType": "notify",
-                              "seqNum": seq.map_or(Json::Null, Json::from), "data": data});
+            let mut body = command::envelope(&o.echo, "notify", data);
+            body["seqNum"] = seq.map_or(Json::Null, Json::from);
             self.publish(&self.config.topics.notify.clone(), &body);
             if !m.code.is_response() || m.code.class() != 2 || seq.is_none() {
                 // An error or a final response ends the observation (RFC 7641 §3.2).
@@ -223,13 +217,13 @@ impl Device {
             self.observations.insert(
                 token,
                 Observation {
-                    req_id: cmd.req_id.clone(),
+                    echo: cmd.echo.clone(),
                     req_path: cmd.req_path.clone(),
                     path: cmd.path().clone(),
                 },
             );
         }
-        let body = json!({"reqID": cmd.req_id, "msgType": cmd.msg_type, "data": data});
+        let body = command::envelope(&cmd.echo, &cmd.msg_type, data);
         self.publish(&self.config.topics.response.clone(), &body);
     }
 
@@ -343,7 +337,7 @@ impl Device {
             });
             if registered && path.depth() > 0 {
                 cmds.push(Command {
-                    req_id: Json::from(0),
+                    echo: [("reqID".to_string(), Json::from(0))].into_iter().collect(),
                     msg_type: "observe".into(),
                     req_path: path.to_string(),
                     op: Op::Observe(path),
