@@ -39,6 +39,7 @@ pub mod coap;
 pub mod duration;
 pub mod listeners;
 mod load;
+pub mod lwm2m;
 pub mod mqttsn;
 pub mod sections;
 pub mod security;
@@ -51,6 +52,7 @@ pub use coap::{CoapConfig, CoapNotifyType, CoapQos};
 pub use duration::{format_duration, parse_duration, ParseDurationError};
 pub use listeners::{PeerCertAs, SslListener, TlsOptions, TlsVerify, WsListener, WssListener};
 pub use load::{ConfigError, ConfigProblem, ENV_PREFIX};
+pub use lwm2m::{Lwm2mConfig, Lwm2mTopics, UpdatePublishCondition};
 pub use mqttsn::{AdvertiseConfig, MqttSnConfig, PredefinedTopic};
 pub use sections::{
     AclAction, AclRule, AuthorizationConfig, DenyAction, LimitsConfig, Listeners, LogConfig,
@@ -91,6 +93,8 @@ pub struct Config {
     pub mqttsn: MqttSnConfig,
     /// `[coap]`: the CoAP gateway over UDP.
     pub coap: CoapConfig,
+    /// `[lwm2m]`: the LwM2M gateway over UDP.
+    pub lwm2m: Lwm2mConfig,
     /// `[api]`: the HTTP API, metrics and health endpoint.
     pub api: ApiConfig,
     /// `[stomp]`: the STOMP gateway (TCP, WebSocket, SockJS).

@@ -55,6 +55,7 @@ impl Config {
         p.at_least("limits.max_connections", self.limits.max_connections, 1);
         self.mqttsn.check(&mut p.0);
         p.0.extend(self.coap.problems());
+        p.0.extend(self.lwm2m.problems());
         p.0.extend(self.stomp.problems());
         p.0.extend(self.storage.problems());
         crate::listeners::check_listener_kinds(self, &mut p.0);

@@ -5,6 +5,7 @@
 //! - [`mqtt_tcp`]: MQTT over TCP accept loop and connection driver.
 //! - [`coap_udp`]: CoAP over UDP: datagram reader and per-peer tasks.
 //! - [`mqttsn_udp`]: MQTT-SN over UDP: datagram reader and per-client tasks.
+//! - [`lwm2m_udp`]: LwM2M over UDP: datagram reader and per-device tasks.
 //! - [`transport`], [`stream_listeners`], [`tls`], [`ws`]: MQTT over TLS,
 //!   WebSocket and secure WebSocket through the same driver as TCP.
 //! - [`security`]: the authentication chain (users file, JWT, HTTP, client
@@ -28,6 +29,7 @@ pub mod der;
 pub mod hixie76;
 pub mod listener_stats;
 pub mod logging;
+pub mod lwm2m_udp;
 pub mod mqtt_tcp;
 pub mod mqttsn_udp;
 pub mod security;
@@ -63,6 +65,8 @@ pub struct Gateway {
     pub mqttsn_udp: Option<SocketAddr>,
     /// Bound CoAP/UDP address, when enabled.
     pub coap_udp: Option<SocketAddr>,
+    /// Bound LwM2M/UDP address, when enabled.
+    pub lwm2m_udp: Option<SocketAddr>,
     /// MQTT-SN gateway counters.
     pub mqttsn_stats: Arc<tributary_mqttsn::gateway::Stats>,
     /// Every MQTT stream listener (tcp, ssl, ws, wss) with its counters.
@@ -236,6 +240,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         };
         tasks.spawn(coap_udp::serve(socket, ctx));
     }
+    let lwm2m_udp = lwm2m_udp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
     let stomp = stomp_tcp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
     let (stomp_tcp, stomp_ssl, stomp_http) =
         (stomp.tcp, stomp.ssl.as_ref().map(|s| s.0), stomp.http);
@@ -244,7 +249,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         config,
         &listeners,
         api,
-        &[("udp:mqttsn", mqttsn_udp), ("udp:coap", coap_udp)],
+        &[
+            ("udp:mqttsn", mqttsn_udp),
+            ("udp:coap", coap_udp),
+            ("udp:lwm2m", lwm2m_udp),
+        ],
         &stomp,
     );
     Ok(Gateway {
@@ -260,6 +269,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         draining,
         api_task,
         coap_udp,
+        lwm2m_udp,
         shutdown: shutdown_tx,
         tasks,
         store,

@@ -274,3 +274,43 @@ pub fn stomp_channel(config: &Config) -> Arc<tributary_stomp::ChannelConfig> {
         ..tributary_stomp::ChannelConfig::default()
     })
 }
+
+/// LwM2M device settings for `config` (`[lwm2m]`).
+pub fn lwm2m_device(config: &Config) -> Arc<tributary_lwm2m::DeviceConfig> {
+    let c = &config.lwm2m;
+    let t = &c.topics;
+    Arc::new(tributary_lwm2m::DeviceConfig {
+        mountpoint: c.mountpoint.clone(),
+        topics: tributary_lwm2m::Topics {
+            command: t.command.clone(),
+            response: t.response.clone(),
+            notify: t.notify.clone(),
+            register: t.register.clone(),
+            update: t.update.clone(),
+        },
+        publish_qos: tributary_core::QoS::from_u8(c.publish_qos)
+            .unwrap_or(tributary_core::QoS::AtMostOnce),
+        lifetime_min: c.lifetime_min,
+        lifetime_max: c.lifetime_max,
+        qmode_time_window: c.qmode_time_window,
+        max_queued: c.max_queued as usize,
+        max_inflight: c.max_inflight as usize,
+        response_timeout: c.response_timeout,
+        max_body_size: c.max_body_size as usize,
+        block_szx: tributary_coap::block::szx_for(c.block_size as usize).unwrap_or(6),
+        auto_observe: c.auto_observe.clone(),
+        update_publish: match c.update_msg_publish_condition {
+            tributary_config::UpdatePublishCondition::Always => {
+                tributary_lwm2m::UpdatePublish::Always
+            }
+            tributary_config::UpdatePublishCondition::ContainsObjectList => {
+                tributary_lwm2m::UpdatePublish::ContainsObjectList
+            }
+        },
+        transmission: tributary_coap::TransmissionParams {
+            ack_timeout: c.ack_timeout,
+            max_retransmit: c.max_retransmit,
+            ..tributary_coap::TransmissionParams::default()
+        },
+    })
+}

@@ -59,6 +59,7 @@ async function startBroker(env = {}) {
       TRIBUTARY_LISTENERS__TCP__DEFAULT__BIND: `127.0.0.1:${mqttPort}`,
       TRIBUTARY_MQTTSN__BIND: '127.0.0.1:0',
       TRIBUTARY_COAP__BIND: '127.0.0.1:0',
+      TRIBUTARY_LWM2M__BIND: '127.0.0.1:0',
       TRIBUTARY_API__BIND: '127.0.0.1:0',
       TRIBUTARY_LISTENERS__WS__DEFAULT__BIND: '127.0.0.1:0',
       TRIBUTARY_STOMP__BIND: `127.0.0.1:${stompPort}`,

@@ -56,6 +56,9 @@ class Broker:
             "TRIBUTARY_MQTTSN__BIND": "127.0.0.1:0",
             # ... nor over the CoAP one.
             "TRIBUTARY_COAP__BIND": "127.0.0.1:0",
+            # ... nor over the LwM2M one; object definitions from the repository.
+            "TRIBUTARY_LWM2M__BIND": "127.0.0.1:0",
+            "TRIBUTARY_LWM2M__XML_DIR": str(REPO / "config" / "lwm2m_xml"),
             # ... nor over STOMP's (TCP and HTTP).
             "TRIBUTARY_STOMP__BIND": "127.0.0.1:0",
             "TRIBUTARY_STOMP__WS_BIND": "127.0.0.1:0",

@@ -127,6 +127,8 @@ impl TestBroker {
                 .env("TRIBUTARY_MQTTSN__BIND", "127.0.0.1:0")
                 // ... nor over the CoAP one.
                 .env("TRIBUTARY_COAP__BIND", "127.0.0.1:0")
+                // ... nor over the LwM2M one.
+                .env("TRIBUTARY_LWM2M__BIND", "127.0.0.1:0")
                 // ... nor over STOMP's (TCP and HTTP).
                 .env("TRIBUTARY_STOMP__BIND", "127.0.0.1:0")
                 .env("TRIBUTARY_STOMP__WS_BIND", "127.0.0.1:0")
