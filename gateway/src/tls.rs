@@ -238,29 +238,20 @@ pub fn build(o: &TlsOptions) -> Result<ServerConfig, TlsError> {
 
 /// Reload every source on SIGHUP, and each one whose files changed every
 /// `reload_interval` (if non-zero), until shutdown.
+///
+/// (See [`Hangups`] for the signal.)
 pub async fn reloader(sources: Vec<Arc<TlsSource>>, mut shutdown: watch::Receiver<bool>) {
     if sources.is_empty() {
         return;
     }
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = Hangups::new();
     let interval = sources
         .iter()
         .map(|s| s.options.reload_interval)
         .filter(|d| !d.is_zero())
         .min();
     loop {
-        #[cfg(unix)]
-        let sighup = async {
-            match hangup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let sighup = std::future::pending::<()>();
+        let sighup = hangup.next();
         let tick = async {
             match interval {
                 Some(d) => tokio::time::sleep(d).await,
@@ -283,5 +274,39 @@ pub async fn reloader(sources: Vec<Arc<TlsSource>>, mut shutdown: watch::Receive
             }
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// SIGHUP as a stream of futures (never firing where there are no signals,
+/// or when the handler could not be installed). Every holder gets every
+/// SIGHUP.
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    /// Start listening for SIGHUP.
+    pub fn new() -> Hangups {
+        Hangups {
+            #[cfg(unix)]
+            signal: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    /// The next SIGHUP.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = self.signal.as_mut() {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
+}
+
+impl Default for Hangups {
+    fn default() -> Self {
+        Hangups::new()
     }
 }

@@ -19,6 +19,7 @@ use tributary_core::auth::{Action, Authorizer, Permission, RuleAuthorizer};
 use tributary_core::ClientInfo;
 
 use super::acl_file::{self, AclFileError};
+use crate::tls::Hangups;
 
 /// How often the file's modification time is looked at.
 pub const RECHECK: Duration = Duration::from_secs(2);
@@ -89,24 +90,13 @@ fn stamp(path: &Path) -> Option<SystemTime> {
 /// Reload `acl` when its file changes or on SIGHUP, until the ACL is
 /// dropped (with its broker).
 pub async fn watch(acl: std::sync::Weak<ReloadingAcl>) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut hangup = Hangups::new();
     let Some(path) = acl.upgrade().map(|a| a.path.clone()) else {
         return;
     };
     let mut last = stamp(&path);
     loop {
-        #[cfg(unix)]
-        let sighup = async {
-            match hangup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let sighup = std::future::pending::<()>();
+        let sighup = hangup.next();
         let hup = tokio::select! {
             _ = tokio::time::sleep(RECHECK) => false,
             _ = sighup => true,
