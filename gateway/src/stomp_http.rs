@@ -140,6 +140,8 @@ enum App {
 pub struct SessionEntry {
     state: Mutex<Session>,
     notify: Notify,
+    /// Signalled when a receiving request detaches.
+    detached: Notify,
     app: Mutex<Option<App>>,
 }
 
@@ -430,6 +432,7 @@ fn session_for(
                 let entry = Arc::new(SessionEntry {
                     state: Mutex::new(state),
                     notify: Notify::new(),
+                    detached: Notify::new(),
                     app: Mutex::new(Some(App::Close)),
                 });
                 sessions.insert((service, id.to_owned()), entry.clone());
@@ -439,6 +442,7 @@ fn session_for(
             let entry = Arc::new(SessionEntry {
                 state: Mutex::new(state),
                 notify: Notify::new(),
+                detached: Notify::new(),
                 app: Mutex::new(Some(App::Stomp(tx))),
             });
             let span = tracing::info_span!("conn", proto = "stomp", transport = "sockjs", %peer);
@@ -454,6 +458,7 @@ fn session_for(
     let entry = Arc::new(SessionEntry {
         state: Mutex::new(state),
         notify: Notify::new(),
+        detached: Notify::new(),
         app: Mutex::new(Some(app)),
     });
     sessions.insert((service, id.to_owned()), entry.clone());
@@ -477,14 +482,13 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         self.entry.state.lock().detach(now(), !self.done);
+        self.entry.detached.notify_waiters();
     }
 }
 
 /// How long a receiving request waits for an attached one to end before
-/// answering "another connection still open": steps of this …
-const ATTACH_GRACE_STEP: Duration = Duration::from_millis(10);
-/// … this many times.
-const ATTACH_GRACE_STEPS: u32 = 10;
+/// answering "another connection still open".
+const ATTACH_GRACE: Duration = Duration::from_millis(100);
 
 /// A receiving request: polling (`prelude` None) answers with one frame;
 /// streaming writes the prelude, then frames until the response limit or a
@@ -506,20 +510,20 @@ async fn receive(
         Wrap::EventSource => "text/event-stream",
         Wrap::HtmlFile => "text/html;charset=UTF-8",
     };
-    let mut attach = entry.state.lock().attach();
     let busy = Attach::Refused(sockjs::close(
         tributary_sockjs::session::ANOTHER_CONNECTION.0,
         tributary_sockjs::session::ANOTHER_CONNECTION.1,
     ));
-    let mut grace = 0;
-    while attach == busy && grace < ATTACH_GRACE_STEPS {
-        // The attached request may belong to a client that has just gone
-        // away, which the HTTP server notices a moment later: then this
-        // request must see the interruption (1002), not "another
-        // connection" (2010).
-        tokio::time::sleep(ATTACH_GRACE_STEP).await;
+    // The attached request may belong to a client that has just gone away,
+    // which the HTTP server notices a moment later: then this request must
+    // see the interruption (1002), not "another connection" (2010). So a
+    // busy session is given ATTACH_GRACE for its receiver to detach.
+    let detached = entry.detached.notified();
+    tokio::pin!(detached);
+    detached.as_mut().enable();
+    let mut attach = entry.state.lock().attach();
+    if attach == busy && tokio::time::timeout(ATTACH_GRACE, detached).await.is_ok() {
         attach = entry.state.lock().attach();
-        grace += 1;
     }
     let heartbeat = ctx.sockjs.heartbeat;
     let mut shutdown = ctx.stomp.shutdown.clone();
