@@ -72,6 +72,34 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
+/// Wait until the UDP gateway answers on `port`: the MQTT port the harness
+/// waits for can be listening a moment before the UDP gateways are bound,
+/// and a datagram sent then is refused. The probe is a datagram every
+/// gateway answers without a session: MQTT-SN SEARCHGW (GWINFO back) or a
+/// CoAP ping (RST back).
+fn wait_for_udp_gateway(port: u16, ingress: &tributary_bench::Ingress) {
+    let probe: &[u8] = match ingress {
+        tributary_bench::Ingress::MqttSn { .. } => &[0x03, 0x01, 0x00],
+        _ => &[0x40, 0x00, 0x12, 0x34],
+    };
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("read timeout");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    loop {
+        let _ = socket.send_to(probe, ("127.0.0.1", port));
+        if socket.recv(&mut buf).is_ok() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the gateway on UDP port {port} did not answer"
+        );
+    }
+}
+
 /// A gateway ingress scenario at a low fixed rate: something delivered,
 /// nothing duplicated or reordered, no errors; with answered publishes
 /// (MQTT-SN QoS 1, CoAP CON) nothing lost either.
@@ -80,6 +108,7 @@ fn smoke_ingress(ingress: tributary_bench::Ingress, env_key: &str) {
     let udp = free_udp_port();
     let bind = format!("127.0.0.1:{udp}");
     let broker = TestBroker::start_with_env(&[(env_key, bind.as_str())]);
+    wait_for_udp_gateway(udp, &ingress);
     let gateway = std::net::SocketAddr::from(([127, 0, 0, 1], udp));
     let mut opts = IngressOptions::new(gateway, broker.addr(), ingress);
     opts.publishers = 4;
