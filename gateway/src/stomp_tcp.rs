@@ -164,11 +164,10 @@ async fn drive<R: ConnRead, W: AsyncWrite + Unpin + Send>(
         if signal.is_none() {
             signal = channel.signal();
         }
-        if holds.active(&mut channel) {
-            holds.wait(&mut channel, &signal, &mut shutdown).await;
-            if !holds.active(&mut channel) {
-                decode_all(&mut channel, &mut rbuf);
-            }
+        if holds
+            .settle(&mut channel, &signal, &mut shutdown, &mut rbuf)
+            .await
+        {
             continue;
         }
         let deadline = channel.next_deadline();
@@ -239,6 +238,27 @@ impl Holds {
             self.paused.extend(channel.take_backpressure());
         }
         channel.is_authenticating() || !self.paused.is_empty()
+    }
+
+    /// When a hold is active, wait for one thing ([`Holds::wait`]) and,
+    /// once nothing holds any more, decode what `rbuf` already has; true
+    /// when the driver must go round its loop again (write output, check
+    /// for close) instead of reading.
+    pub async fn settle(
+        &mut self,
+        channel: &mut Channel,
+        signal: &Option<Arc<ConnectionSignal>>,
+        shutdown: &mut watch::Receiver<bool>,
+        rbuf: &mut BytesMut,
+    ) -> bool {
+        if !self.active(channel) {
+            return false;
+        }
+        self.wait(channel, signal, shutdown).await;
+        if !self.active(channel) {
+            decode_all(channel, rbuf);
+        }
+        true
     }
 
     /// Wait for one thing: the authentication answer, room in the paused

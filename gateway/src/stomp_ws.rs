@@ -101,11 +101,10 @@ pub async fn raw_stomp(
         if signal.is_none() {
             signal = channel.signal();
         }
-        if holds.active(&mut channel) {
-            holds.wait(&mut channel, &signal, &mut shutdown).await;
-            if !holds.active(&mut channel) {
-                decode_all(&mut channel, &mut rbuf);
-            }
+        if holds
+            .settle(&mut channel, &signal, &mut shutdown, &mut rbuf)
+            .await
+        {
             continue;
         }
         let deadline = channel.next_deadline();
@@ -182,11 +181,10 @@ pub async fn sockjs_stomp_ws<T: TextFrames>(
         if signal.is_none() {
             signal = channel.signal();
         }
-        if holds.active(&mut channel) {
-            holds.wait(&mut channel, &signal, &mut shutdown).await;
-            if !holds.active(&mut channel) {
-                decode_all(&mut channel, &mut rbuf);
-            }
+        if holds
+            .settle(&mut channel, &signal, &mut shutdown, &mut rbuf)
+            .await
+        {
             continue;
         }
         let deadline = channel.next_deadline();
@@ -267,11 +265,10 @@ pub async fn sockjs_stomp_session(
         if signal.is_none() {
             signal = channel.signal();
         }
-        if holds.active(&mut channel) {
-            holds.wait(&mut channel, &signal, &mut shutdown).await;
-            if !holds.active(&mut channel) {
-                decode_all(&mut channel, &mut rbuf);
-            }
+        if holds
+            .settle(&mut channel, &signal, &mut shutdown, &mut rbuf)
+            .await
+        {
             continue;
         }
         let deadline = channel.next_deadline();
