@@ -21,8 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tributary_mqtt::codec::{decode, encode};
 use tributary_mqtt::packet::{
-    Connect, Packet, Properties, ProtocolVersion, PubResponse, Publish, QoS, Subscribe,
-    SubscriptionOptions,
+    Connect, Packet, Properties, PropertyValues, ProtocolVersion, PubResponse, Publish, QoS,
+    Subscribe, SubscriptionOptions,
 };
 
 use crate::payload::{Stamp, PADDING, STAMP_LEN};
@@ -108,10 +108,11 @@ pub async fn open_with(
         will: None,
         username: None,
         password: None,
-        properties: Properties {
+        properties: PropertyValues {
             session_expiry_interval: (!clean_start).then_some(3600),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }
+        .into(),
     }));
     conn.send(&connect).await?;
     let reply = tokio::time::timeout(timeout, conn.read())
@@ -284,7 +285,7 @@ impl PublishTemplate {
             dup: false,
             qos,
             retain: false,
-            topic: topic.to_owned(),
+            topic: topic.into(),
             packet_id: (qos != QoS::AtMostOnce).then_some(1),
             properties: Properties::default(),
             payload: Bytes::from(vec![PADDING; payload_len]),
@@ -324,7 +325,7 @@ impl PublishTemplate {
         self.append(&mut buf, id, &stamp);
         match decode(&mut buf, version, MAX_PACKET) {
             Ok(Some(Packet::Publish(p)))
-                if p.topic == topic
+                if &*p.topic == topic
                     && p.qos == qos
                     && p.packet_id == id
                     && p.payload.len() == payload_len

@@ -715,7 +715,12 @@ impl Broker {
         let mut direct: Vec<(&Arc<Session>, &SubOptions)> = Vec::new();
         let mut shared: Vec<SharedPick<'_>> = Vec::new();
         let publisher = message.publisher.as_deref();
+        // Filters that contributed direct subscribers: a session can appear
+        // twice only when more than one did.
+        let mut direct_filters = 0usize;
         trie.for_each_filter_matching(&message.topic, &mut |entry: &FilterEntry| {
+            direct_filters += usize::from(!entry.direct.is_empty());
+            direct.reserve(entry.direct.len());
             for (client_id, (session, opts)) in &entry.direct {
                 if opts.no_local && publisher == Some(&**client_id) {
                     continue;
@@ -731,7 +736,7 @@ impl Broker {
         let mut count = 0;
         // One copy per session for overlapping subscriptions, at the highest
         // granted QoS, carrying every subscription identifier.
-        if direct.len() > 1 {
+        if direct_filters > 1 && direct.len() > 1 {
             direct.sort_by_key(|(s, _)| Arc::as_ptr(s) as usize);
         }
         let mut i = 0;

@@ -560,7 +560,7 @@ impl SessionHandle {
         if !self.owns(&st) {
             return Vec::new();
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(st.queue.len().min(max));
         while out.len() < max {
             let Some(front) = st.queue.front() else { break };
             if front.delivery.qos != QoS::AtMostOnce && st.inflight.len() >= window {

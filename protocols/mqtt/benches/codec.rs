@@ -17,7 +17,7 @@ fn publish(size: usize) -> Packet {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
-        topic: String::from("site/17/building/3/floor/2/sensor/temperature"),
+        topic: "site/17/building/3/floor/2/sensor/temperature".into(),
         packet_id: Some(4242),
         properties: Properties::default(),
         payload: Bytes::from(vec![0x5A; size]),

@@ -57,8 +57,8 @@ use tributary_core::{
 
 use crate::codec::{encoded_len, DecodeError};
 use crate::packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResponse, Publish,
-    QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, Packet, Properties, PropertyValues, ProtocolVersion,
+    PubResponse, Publish, QoS, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
 use crate::reason::{self as rc, connack_v3};
 
@@ -152,7 +152,9 @@ const SEND_BATCH: usize = 256;
 
 struct Connected {
     client: ClientInfo,
-    keep_alive: u16,
+    /// How long the client may stay silent (keep alive × the configured
+    /// multiplier), worked out once at CONNECT; `None` when keep alive is 0.
+    keep_alive_window: Option<Duration>,
     /// Client's Receive Maximum: our outgoing QoS 1/2 window.
     client_receive_maximum: u16,
     /// Client's Maximum Packet Size.
@@ -513,8 +515,7 @@ impl Channel {
             return;
         }
         if let State::Connected(c) = &self.state {
-            self.deadline =
-                keep_alive_deadline(c.keep_alive, self.config.keepalive_multiplier, now);
+            self.deadline = c.keep_alive_window.map(|w| now + w);
         }
         match (&self.state, packet) {
             (State::AwaitingConnect, Packet::Connect(connect)) => {
@@ -711,10 +712,11 @@ impl Channel {
     fn violation(&mut self, reason: u8, why: &'static str) {
         debug!(client_id = ?self.client_id(), reason = format_args!("{reason:#04x}"), why, "closing connection");
         if self.version.is_v5() && matches!(self.state, State::Connected(_)) {
-            let properties = Properties {
+            let properties = PropertyValues {
                 reason_string: Some(why.to_string()),
-                ..Properties::default()
-            };
+                ..PropertyValues::default()
+            }
+            .into();
             self.output
                 .push(Packet::Disconnect(Disconnect { reason, properties }));
         }
@@ -902,7 +904,11 @@ impl Channel {
             // [MQTT-4.12.0-5]: same method; only Continue before CONNACK.
             return self.refuse_connect(rc::PROTOCOL_ERROR, "bad AUTH during authentication");
         }
-        let data = auth.properties.authentication_data.unwrap_or_default();
+        let data = auth
+            .properties
+            .authentication_data
+            .clone()
+            .unwrap_or_default();
         self.enhanced_step(&data, now);
     }
 
@@ -918,11 +924,12 @@ impl Channel {
             EnhancedStep::Continue(out) => {
                 self.output.push(Packet::Auth(Auth {
                     reason: rc::CONTINUE_AUTHENTICATION,
-                    properties: Properties {
+                    properties: PropertyValues {
                         authentication_method: Some(method),
                         authentication_data: Some(out.into()),
-                        ..Properties::default()
-                    },
+                        ..PropertyValues::default()
+                    }
+                    .into(),
                 }));
             }
             EnhancedStep::Success { username, data } => {
@@ -1040,11 +1047,12 @@ impl Channel {
             properties,
         }));
 
-        self.deadline = keep_alive_deadline(keep_alive, cfg.keepalive_multiplier, now);
+        let keep_alive_window = keep_alive_window(keep_alive, cfg.keepalive_multiplier);
+        self.deadline = keep_alive_window.map(|w| now + w);
         self.handle = Some(opened.handle);
         self.state = State::Connected(Box::new(Connected {
             client,
-            keep_alive,
+            keep_alive_window,
             client_receive_maximum: props.receive_maximum.unwrap_or(65535),
             client_max_packet_size: props.maximum_packet_size.unwrap_or(u32::MAX),
             client_topic_alias_max: if v5 {
@@ -1142,11 +1150,10 @@ impl Channel {
                 None => return self.violation(rc::PROTOCOL_ERROR, "unknown topic alias"),
             },
             Some(alias) => {
-                let t: Arc<str> = publish.topic.as_str().into();
-                conn.inbound_aliases.insert(alias, t.clone());
-                t
+                conn.inbound_aliases.insert(alias, publish.topic.clone());
+                publish.topic.clone()
             }
-            None => publish.topic.as_str().into(),
+            None => publish.topic.clone(),
         };
         if self.broker.check_topic_name(&topic).is_err() {
             return self.violation(rc::TOPIC_NAME_INVALID, "invalid topic name [MQTT-3.3.2-2]");
@@ -1324,14 +1331,19 @@ impl Channel {
             return;
         };
         let d = &out.delivery;
-        let mut properties = publish_properties(d, now);
-        let mut topic = d.message.topic.to_string();
+        // MQTT 3.x carries no properties: nothing to build for it.
+        let mut properties = if self.version.is_v5() {
+            publish_properties(d, now)
+        } else {
+            Properties::default()
+        };
+        let mut topic = d.message.topic.clone();
         // Topic alias, server→client: assign while there is room, then reuse.
         if conn.client_topic_alias_max > 0 {
             match conn.outbound_aliases.get(&d.message.topic) {
                 Some(&alias) => {
                     properties.topic_alias = Some(alias);
-                    topic.clear();
+                    topic = no_topic();
                 }
                 None => {
                     let next = conn.outbound_aliases.len() + 1;
@@ -1533,12 +1545,20 @@ fn strip_diagnostics(packet: &mut Packet) {
         Packet::Auth(p) => &mut p.properties,
         _ => return,
     };
-    props.reason_string = None;
-    props.user_properties.clear();
+    if !props.is_empty() {
+        props.reason_string = None;
+        props.user_properties.clear();
+    }
 }
 
-fn keep_alive_deadline(keep_alive: u16, multiplier: f64, now: Instant) -> Option<Instant> {
-    (keep_alive > 0).then(|| now + Duration::from_secs_f64(f64::from(keep_alive) * multiplier))
+/// The empty topic of a PUBLISH that names its topic by alias, shared.
+fn no_topic() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    EMPTY.clone()
+}
+
+fn keep_alive_window(keep_alive: u16, multiplier: f64) -> Option<Duration> {
+    (keep_alive > 0).then(|| Duration::from_secs_f64(f64::from(keep_alive) * multiplier))
 }
 
 fn ack(packet_id: u16, reason: u8) -> PubResponse {
@@ -1585,16 +1605,30 @@ fn message_properties(p: &Properties) -> MessageProperties {
 
 fn publish_properties(d: &Delivery, now: Instant) -> Properties {
     let m = &d.message;
-    Properties {
-        payload_format_indicator: m.properties.payload_format_indicator,
-        message_expiry_interval: m.remaining_expiry(now),
-        content_type: m.properties.content_type.clone(),
-        response_topic: m.properties.response_topic.clone(),
-        correlation_data: m.properties.correlation_data.clone(),
-        user_properties: m.properties.user_properties.clone(),
-        subscription_identifiers: d.subscription_ids.clone(),
-        ..Properties::default()
+    let message_expiry_interval = m.remaining_expiry(now);
+    let p = &m.properties;
+    if message_expiry_interval.is_none()
+        && d.subscription_ids.is_empty()
+        && p.payload_format_indicator.is_none()
+        && p.content_type.is_none()
+        && p.response_topic.is_none()
+        && p.correlation_data.is_none()
+        && p.user_properties.is_empty()
+    {
+        // Most messages: nothing to build and nothing to allocate.
+        return Properties::default();
     }
+    PropertyValues {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        subscription_identifiers: d.subscription_ids.clone(),
+        ..PropertyValues::default()
+    }
+    .into()
 }
 
 /// Encoded size of the PUBLISH for `d`, to respect the client's Maximum
@@ -1604,7 +1638,7 @@ fn publish_size(d: &Delivery, version: ProtocolVersion, now: Instant) -> usize {
         dup: false,
         qos: mqtt_qos(d.qos),
         retain: d.retain,
-        topic: d.message.topic.to_string(),
+        topic: d.message.topic.clone(),
         packet_id: (d.qos != tributary_core::QoS::AtMostOnce).then_some(1),
         properties: publish_properties(d, now),
         payload: Bytes::new(),

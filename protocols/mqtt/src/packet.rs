@@ -6,6 +6,8 @@
 //! them with defaults when decoding 3.x. Strings are `String` (validated
 //! UTF-8, no U+0000 per [MQTT-1.5.3-2]); binary data is `Bytes`.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
 /// Protocol level negotiated by CONNECT.
@@ -61,12 +63,75 @@ impl QoS {
 /// A user property: a UTF-8 string pair, may repeat (MQTT 5 §3.1.2.11.8).
 pub type UserProperty = (String, String);
 
+/// The MQTT 5 properties of a packet, as one pointer: nothing is allocated
+/// for a packet that carries none (every MQTT 3.x packet, and most 5.0
+/// acknowledgements and publishes). It reads as a [`PropertyValues`]
+/// (`props.reason_string`); writing through it (`props.topic_alias =
+/// Some(1)`) allocates the values on first use. Packets are moved whole
+/// between the codec, the channel and its output queue, so their size is
+/// paid on every packet: boxing the rarely present properties keeps a
+/// PUBACK at a few words instead of a few hundred bytes.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
+/// What an empty [`Properties`] reads as.
+static NO_PROPERTIES: PropertyValues = PropertyValues::EMPTY;
+
+impl Properties {
+    /// True when no property is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(PropertyValues::is_empty)
+    }
+
+    /// The values, owned (defaults when none are set).
+    pub fn into_values(self) -> PropertyValues {
+        self.0.map(|b| *b).unwrap_or_default()
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Self {
+        if values.is_empty() {
+            Properties(None)
+        } else {
+            Properties(Some(Box::new(values)))
+        }
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 /// Every MQTT 5 property a packet can carry (§2.2.2.2). Each packet type's
 /// codec accepts only the properties allowed for it and rejects the others
 /// as a protocol error; duplicates of single-valued properties are protocol
 /// errors too. Absent properties are `None` / empty.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
+pub struct PropertyValues {
     /// 0x01 Payload Format Indicator (PUBLISH, will).
     pub payload_format_indicator: Option<u8>,
     /// 0x02 Message Expiry Interval, seconds (PUBLISH, will).
@@ -122,6 +187,44 @@ pub struct Properties {
     pub subscription_identifier_available: Option<u8>,
     /// 0x2A Shared Subscription Available (CONNACK).
     pub shared_subscription_available: Option<u8>,
+}
+
+impl PropertyValues {
+    /// No property set.
+    pub const EMPTY: PropertyValues = PropertyValues {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        subscription_identifiers: Vec::new(),
+        session_expiry_interval: None,
+        assigned_client_identifier: None,
+        server_keep_alive: None,
+        authentication_method: None,
+        authentication_data: None,
+        request_problem_information: None,
+        will_delay_interval: None,
+        request_response_information: None,
+        response_information: None,
+        server_reference: None,
+        reason_string: None,
+        receive_maximum: None,
+        topic_alias_maximum: None,
+        topic_alias: None,
+        maximum_qos: None,
+        retain_available: None,
+        user_properties: Vec::new(),
+        maximum_packet_size: None,
+        wildcard_subscription_available: None,
+        subscription_identifier_available: None,
+        shared_subscription_available: None,
+    };
+
+    /// True when no property is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::EMPTY
+    }
 }
 
 /// The will message carried in CONNECT.
@@ -183,7 +286,9 @@ pub struct Publish {
     /// RETAIN flag.
     pub retain: bool,
     /// Topic name; may be empty in MQTT 5 when a topic alias is given.
-    pub topic: String,
+    /// Shared: a message fanned out to many subscribers is sent under one
+    /// allocation of its topic.
+    pub topic: Arc<str>,
     /// Packet identifier, present iff qos > 0 (0 is a protocol error).
     pub packet_id: Option<u16>,
     /// Properties (MQTT 5).

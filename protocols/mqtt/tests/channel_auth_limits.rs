@@ -18,7 +18,7 @@ use tributary_core::cluster::SingleNode;
 use tributary_core::storage::MemoryPersistence;
 use tributary_core::{Broker, BrokerConfig, ClientInfo};
 use tributary_mqtt::channel::ChannelConfig;
-use tributary_mqtt::packet::Auth;
+use tributary_mqtt::packet::{Auth, PropertyValues};
 
 /// Answers later: `u`/`p` allowed, anything else bad credentials.
 #[derive(Debug, Default)]
@@ -140,11 +140,12 @@ fn connect_timeout_applies_while_a_decision_is_pending() {
 fn auth(reason: u8, method: &str, data: &[u8]) -> Packet {
     Packet::Auth(Auth {
         reason,
-        properties: Properties {
+        properties: PropertyValues {
             authentication_method: Some(method.into()),
             authentication_data: Some(Bytes::copy_from_slice(data)),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }
+        .into(),
     })
 }
 

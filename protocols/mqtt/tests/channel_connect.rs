@@ -121,6 +121,7 @@ fn empty_client_id_v5_gets_assigned_identifier() {
     let assigned = ack
         .properties
         .assigned_client_identifier
+        .clone()
         .expect("assigned client identifier");
     assert!(!assigned.is_empty());
     assert_eq!(h.channel(c).client_id(), Some(assigned.as_str()));

@@ -33,7 +33,7 @@ fn disconnect_session_expiry_after_zero_is_abnormal_and_publishes_will() {
     let c = h.connected(connect_v5("c").will("will/c", b"bye"));
     h.send(c, disconnect().session_expiry(60));
     h.expect_one(c).disconnect();
-    assert_eq!(h.expect_one(w).publish().topic, "will/c");
+    assert_eq!(&*h.expect_one(w).publish().topic, "will/c");
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn disconnect_with_will_0x04_publishes_will() {
     h.assert_silent(c);
     assert!(h.is_closed(c));
     let m = h.expect_one(w).publish();
-    assert_eq!(m.topic, "will/c");
+    assert_eq!(&*m.topic, "will/c");
     assert_eq!(&m.payload[..], b"on purpose");
 }
 

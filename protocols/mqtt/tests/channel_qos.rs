@@ -53,7 +53,7 @@ fn qos0_both_directions() {
     let p = h.expect_one(sub).publish();
     assert_eq!(p.qos, QoS::AtMostOnce);
     assert_eq!(p.packet_id, None);
-    assert_eq!(p.topic, "t");
+    assert_eq!(&*p.topic, "t");
     assert_eq!(&p.payload[..], b"zero");
     assert!(!p.dup && !p.retain);
 }
@@ -216,7 +216,7 @@ fn retained_message_follows_suback() {
     assert_eq!(it.next().expect("suback").suback().reasons, vec![1]);
     let p = it.next().expect("publish").publish();
     assert!(p.retain);
-    assert_eq!(p.topic, "r/1");
+    assert_eq!(&*p.topic, "r/1");
     assert_eq!(&p.payload[..], b"kept");
 }
 

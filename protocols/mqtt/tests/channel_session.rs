@@ -31,7 +31,7 @@ fn keep_alive_timeout_v5_disconnect_0x8d_and_will() {
     assert_eq!(d.reason, rc::KEEP_ALIVE_TIMEOUT);
     assert!(h.is_closed(c));
     let will = h.expect_one(w).publish();
-    assert_eq!(will.topic, "will/idle");
+    assert_eq!(&*will.topic, "will/idle");
     assert_eq!(&will.payload[..], b"gone");
 }
 
@@ -43,7 +43,7 @@ fn keep_alive_timeout_v3_closes_silently_with_will() {
     h.advance(secs(6));
     assert!(h.is_closed(c));
     h.assert_silent(c);
-    assert_eq!(h.expect_one(w).publish().topic, "will/idle");
+    assert_eq!(&*h.expect_one(w).publish().topic, "will/idle");
 }
 
 #[test]

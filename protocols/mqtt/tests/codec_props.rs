@@ -11,8 +11,9 @@ use proptest::option::of;
 use proptest::prelude::*;
 use tributary_mqtt::codec::{decode, encode, encoded_len, DecodeError};
 use tributary_mqtt::packet::{
-    Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion, PubResponse,
-    Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, PropertyValues,
+    ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
 
 // ---- strategies ------------------------------------------------------------
@@ -52,7 +53,7 @@ fn flag() -> impl Strategy<Value = Option<u8>> {
 
 /// Properties with every field set at random to a valid value; narrowed
 /// to one packet type by [`only`].
-fn any_properties() -> impl Strategy<Value = Properties> {
+fn any_properties() -> impl Strategy<Value = PropertyValues> {
     let a = (
         flag(),
         of(any::<u32>()),
@@ -86,7 +87,7 @@ fn any_properties() -> impl Strategy<Value = Properties> {
         flag(),
         flag(),
     );
-    (a, b, c).prop_map(|(a, b, c)| Properties {
+    (a, b, c).prop_map(|(a, b, c)| PropertyValues {
         payload_format_indicator: a.0,
         message_expiry_interval: a.1,
         content_type: a.2,
@@ -133,14 +134,14 @@ enum Kind {
 }
 
 /// Keeps only what MQTT 5 §2.2.2.2 allows in `kind`.
-fn only(p: Properties, kind: Kind) -> Properties {
+fn only(p: PropertyValues, kind: Kind) -> Properties {
     let user_properties = p.user_properties.clone();
-    let none = Properties {
+    let none = PropertyValues {
         user_properties,
-        ..Properties::default()
+        ..PropertyValues::default()
     };
-    match kind {
-        Kind::Connect => Properties {
+    let kept = match kind {
+        Kind::Connect => PropertyValues {
             session_expiry_interval: p.session_expiry_interval,
             authentication_method: p.authentication_method,
             authentication_data: p.authentication_data,
@@ -151,7 +152,7 @@ fn only(p: Properties, kind: Kind) -> Properties {
             maximum_packet_size: p.maximum_packet_size,
             ..none
         },
-        Kind::ConnAck => Properties {
+        Kind::ConnAck => PropertyValues {
             session_expiry_interval: p.session_expiry_interval,
             assigned_client_identifier: p.assigned_client_identifier,
             server_keep_alive: p.server_keep_alive,
@@ -170,7 +171,7 @@ fn only(p: Properties, kind: Kind) -> Properties {
             shared_subscription_available: p.shared_subscription_available,
             ..none
         },
-        Kind::Publish | Kind::Will => Properties {
+        Kind::Publish | Kind::Will => PropertyValues {
             payload_format_indicator: p.payload_format_indicator,
             message_expiry_interval: p.message_expiry_interval,
             content_type: p.content_type,
@@ -193,28 +194,29 @@ fn only(p: Properties, kind: Kind) -> Properties {
             },
             ..none
         },
-        Kind::PubResponse | Kind::SubAck | Kind::UnsubAck => Properties {
+        Kind::PubResponse | Kind::SubAck | Kind::UnsubAck => PropertyValues {
             reason_string: p.reason_string,
             ..none
         },
-        Kind::Subscribe => Properties {
+        Kind::Subscribe => PropertyValues {
             subscription_identifiers: p.subscription_identifiers.into_iter().take(1).collect(),
             ..none
         },
         Kind::Unsubscribe => none,
-        Kind::Disconnect => Properties {
+        Kind::Disconnect => PropertyValues {
             session_expiry_interval: p.session_expiry_interval,
             server_reference: p.server_reference,
             reason_string: p.reason_string,
             ..none
         },
-        Kind::Auth => Properties {
+        Kind::Auth => PropertyValues {
             authentication_method: p.authentication_method,
             authentication_data: p.authentication_data,
             reason_string: p.reason_string,
             ..none
         },
-    }
+    };
+    kept.into()
 }
 
 /// Properties for `kind` in `v`: empty before MQTT 5.
@@ -297,7 +299,7 @@ fn publish(v: ProtocolVersion) -> impl Strategy<Value = Packet> {
                 dup: dup && !at_most_once,
                 qos,
                 retain,
-                topic,
+                topic: topic.into(),
                 packet_id: (!at_most_once).then_some(id),
                 properties,
                 payload,

@@ -7,8 +7,9 @@
 use bytes::{Bytes, BytesMut};
 use tributary_mqtt::codec::{decode, encode, encoded_len, DecodeError, EncodeError};
 use tributary_mqtt::packet::{
-    Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, ProtocolVersion, PubResponse,
-    Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, LastWill, Packet, Properties, PropertyValues,
+    ProtocolVersion, PubResponse, Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
 };
 
 use ProtocolVersion::{V3_1, V3_1_1, V5};
@@ -504,14 +505,15 @@ fn publish_v5_with_properties() {
         retain: true,
         topic: "a/b".into(),
         packet_id: Some(10),
-        properties: Properties {
+        properties: PropertyValues {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(60),
             subscription_identifiers: vec![129, 2],
             topic_alias: Some(5),
             user_properties: vec![("k".into(), "v".into())],
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }
+        .into(),
         payload: Bytes::from_static(b"hi"),
     });
     both_ways(spec, V5, &expected);
@@ -519,7 +521,7 @@ fn publish_v5_with_properties() {
     let Packet::Publish(p) = decode_one("30 06 00 00 03 23 00 01", V5) else {
         panic!("expected PUBLISH");
     };
-    assert_eq!(p.topic, "");
+    assert_eq!(&*p.topic, "");
     assert_eq!(p.properties.topic_alias, Some(1));
 }
 
@@ -591,10 +593,11 @@ fn pub_responses_v5_short_forms() {
     let with_reason_string = Packet::PubAck(PubResponse {
         packet_id: 1,
         reason: 0,
-        properties: Properties {
+        properties: PropertyValues {
             reason_string: Some("ok".into()),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }
+        .into(),
     });
     both_ways("40 09 00 01 00 05 1F 00 02 'ok'", V5, &with_reason_string);
     // Topic alias is not allowed in an acknowledgement.
@@ -636,10 +639,11 @@ fn subscribe_3_1_1_spec_example() {
 fn subscribe_v5_options() {
     let p = Packet::Subscribe(Subscribe {
         packet_id: 1,
-        properties: Properties {
+        properties: PropertyValues {
             subscription_identifiers: vec![300],
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }
+        .into(),
         filters: vec![(
             "x/#".into(),
             SubscriptionOptions {
@@ -723,11 +727,12 @@ fn disconnect_v5() {
     assert_eq!(decode_one("E0 01 8B", V5), shutting_down);
     let moved = Packet::Disconnect(Disconnect {
         reason: 0x9D,
-        properties: Properties {
+        properties: PropertyValues {
             server_reference: Some("b".into()),
             session_expiry_interval: Some(0),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }
+        .into(),
     });
     both_ways("E0 0B 9D 09 11 00 00 00 00 1C 00 01 'b'", V5, &moved);
     // Receive maximum does not belong in DISCONNECT.
@@ -745,10 +750,11 @@ fn auth() {
     both_ways("F0 00", V5, &success);
     let cont = Packet::Auth(Auth {
         reason: 0x18,
-        properties: Properties {
+        properties: PropertyValues {
             authentication_method: Some("PLAIN".into()),
-            ..Properties::default()
-        },
+            ..PropertyValues::default()
+        }
+        .into(),
     });
     both_ways("F0 0A 18 08 15 00 05 'PLAIN'", V5, &cont);
     // A non-zero reason always gets a property length when encoded.
@@ -780,7 +786,7 @@ fn encode_errors() {
         dup: false,
         qos: QoS::AtMostOnce,
         retain: false,
-        topic: "x".repeat(65_536),
+        topic: "x".repeat(65_536).into(),
         packet_id: None,
         properties: Properties::default(),
         payload: Bytes::new(),

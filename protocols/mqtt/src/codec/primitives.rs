@@ -101,6 +101,17 @@ impl Reader {
     /// UTF-8 encoded string (§1.5.4): well-formed UTF-8 [MQTT-1.5.4-1]
     /// without U+0000 [MQTT-1.5.4-2].
     pub(crate) fn string(&mut self) -> Result<String, DecodeError> {
+        self.with_str(str::to_owned)
+    }
+
+    /// A UTF-8 string as [`string`](Self::string) checks it, shared: what
+    /// a PUBLISH topic is kept as, so every copy after this one is a
+    /// reference count.
+    pub(crate) fn shared_string(&mut self) -> Result<std::sync::Arc<str>, DecodeError> {
+        self.with_str(|s| std::sync::Arc::from(s))
+    }
+
+    fn with_str<T>(&mut self, make: impl FnOnce(&str) -> T) -> Result<T, DecodeError> {
         let raw = self.binary()?;
         let text = std::str::from_utf8(&raw)
             .map_err(|_| DecodeError::Malformed("string is not valid UTF-8 [MQTT-1.5.4-1]"))?;
@@ -109,7 +120,7 @@ impl Reader {
                 "string contains U+0000 [MQTT-1.5.4-2]",
             ));
         }
-        Ok(text.to_owned())
+        Ok(make(text))
     }
 
     /// Packet identifier: non-zero [MQTT-2.2.1-3] (3.1.1: [MQTT-2.3.1-1]).

@@ -14,7 +14,7 @@
 //! subscription identifiers keep their own order) and refuses a property
 //! the packet may not carry, so we never send what we would reject.
 
-use crate::packet::Properties;
+use crate::packet::{Properties, PropertyValues};
 
 use super::primitives::{put_binary, put_string, put_varint, Counter, Reader, Sink};
 use super::{DecodeError, EncodeError};
@@ -150,7 +150,11 @@ pub(crate) fn decode(r: &mut Reader, context: Context) -> Result<Properties, Dec
         ));
     }
     let mut block = Reader::new(r.take(len)?);
-    let mut p = Properties::default();
+    if block.is_empty() {
+        // The common case, and no allocation.
+        return Ok(Properties::default());
+    }
+    let mut p = PropertyValues::default();
     while !block.is_empty() {
         let property = u8::try_from(block.varint()?)
             .map_err(|_| DecodeError::Malformed("unknown property identifier"))?;
@@ -233,7 +237,7 @@ pub(crate) fn decode(r: &mut Reader, context: Context) -> Result<Properties, Dec
             _ => return Err(DecodeError::Malformed("unknown property identifier")),
         }
     }
-    Ok(p)
+    Ok(p.into())
 }
 
 /// Writes a property block: its length, then the properties.

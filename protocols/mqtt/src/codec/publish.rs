@@ -24,7 +24,7 @@ pub(super) fn decode_publish(
 ) -> Result<Packet, DecodeError> {
     let qos = QoS::from_u8((flags >> 1) & 0b11)
         .ok_or(DecodeError::Malformed("PUBLISH with QoS 3 [MQTT-3.3.1-4]"))?;
-    let topic = r.string()?;
+    let topic = r.shared_string()?;
     let packet_id = match qos {
         QoS::AtMostOnce => None,
         QoS::AtLeastOnce | QoS::ExactlyOnce => Some(r.packet_id()?),

@@ -166,7 +166,7 @@ pub fn publish(topic: &str, payload: &[u8]) -> PublishBuilder {
         dup: false,
         qos: QoS::AtMostOnce,
         retain: false,
-        topic: topic.to_string(),
+        topic: topic.into(),
         packet_id: None,
         properties: Properties::default(),
         payload: Bytes::copy_from_slice(payload),
