@@ -95,10 +95,14 @@ pub enum KickReason {
 }
 
 /// The per-connection wake-up and kick signal shared between the core and
-/// the connection's driver task.
+/// the connection's driver task. A wake is remembered until the driver
+/// sees it (like a stored permit); the driver can poll for it directly
+/// ([`poll_notified`](Self::poll_notified)), so waiting for it keeps no
+/// future in the connection's state. One task waits on a signal.
 #[derive(Debug, Default)]
 pub struct ConnectionSignal {
-    notify: Notify,
+    woken: AtomicBool,
+    waker: atomic_waker::AtomicWaker,
     kicked: AtomicU8,
 }
 
@@ -108,20 +112,35 @@ impl ConnectionSignal {
         Arc::new(ConnectionSignal::default())
     }
 
-    /// Wake the connection (stores a permit if it is not waiting).
+    /// Wake the connection (remembered if it is not waiting).
     pub fn wake(&self) {
-        self.notify.notify_one();
+        self.woken.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// Ready (and the wake consumed) once [`wake`](Self::wake) was called
+    /// since the last time; otherwise registers `cx` to be woken.
+    pub fn poll_notified(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.woken.swap(false, Ordering::AcqRel) {
+            return std::task::Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.woken.swap(false, Ordering::AcqRel) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     /// Wait until woken.
     pub async fn notified(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_notified(cx)).await;
     }
 
     /// Tell the connection to close for `reason`, and wake it.
     pub fn kick(&self, reason: KickReason) {
         self.kicked.store(reason as u8, Ordering::Release);
-        self.notify.notify_one();
+        self.wake();
     }
 
     /// Why the connection was kicked, if it was.
@@ -210,13 +229,19 @@ pub(crate) struct Pending {
     pub(crate) delivery: Delivery,
 }
 
+/// A map inside a session: a fixed hasher instead of a random one saves
+/// its two words in every session, and the keys (a client's own filters and
+/// packet ids) only ever collide with that client's own.
+pub(crate) type SessionMap<K, V> =
+    HashMap<K, V, std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
+
 #[derive(Debug)]
 pub(crate) struct SessionState {
-    pub(crate) subscriptions: HashMap<Arc<str>, SubOptions>,
+    pub(crate) subscriptions: SessionMap<Arc<str>, SubOptions>,
     queue: VecDeque<Pending>,
     inflight: VecDeque<Inflight>,
     next_packet_id: u16,
-    incoming_qos2: HashMap<u16, Instant>,
+    incoming_qos2: SessionMap<u16, Instant>,
     /// The durable store, while this session is persistent (expiry above
     /// zero and a store configured); `None` keeps it off the disk.
     pub(crate) store: Option<Arc<dyn Persistence>>,
@@ -255,11 +280,11 @@ impl Session {
             online: AtomicBool::new(true),
             room: Notify::new(),
             state: Mutex::new(SessionState {
-                subscriptions: HashMap::new(),
+                subscriptions: SessionMap::default(),
                 queue: VecDeque::new(),
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
-                incoming_qos2: HashMap::new(),
+                incoming_qos2: SessionMap::default(),
                 store: None,
                 last_ticket: None,
                 owner: Some(owner),
@@ -463,11 +488,11 @@ impl Session {
             online: AtomicBool::new(false),
             room: Notify::new(),
             state: Mutex::new(SessionState {
-                subscriptions: HashMap::new(),
+                subscriptions: SessionMap::default(),
                 queue: VecDeque::new(),
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
-                incoming_qos2: HashMap::new(),
+                incoming_qos2: SessionMap::default(),
                 store: Some(store),
                 last_ticket: None,
                 owner: None,

@@ -111,7 +111,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: StompContext) {
     match ctx.tls.clone() {
         None => {
             let (reader, writer) = stream.into_split();
-            drive(reader, writer, peer, ctx, None).await;
+            drive(StreamRead(reader), writer, peer, ctx, None).await;
         }
         Some(tls) => match tls.accept(stream).await {
             Ok((tls_stream, cn)) => {

@@ -15,7 +15,6 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::mqtt_tcp::{drive, ListenerContext};
 use crate::tls::TlsSource;
-use crate::transport::StreamRead;
 use crate::ws::WsSettings;
 
 /// What sits between the socket and MQTT.
@@ -83,8 +82,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext, kind: 
     match kind {
         StreamKind::Ssl(tls) => match tls.accept(stream).await {
             Ok((tls_stream, cn)) => {
-                let (r, w) = tokio::io::split(tls_stream);
-                drive(StreamRead(r), w, peer, ctx, cn).await;
+                drive(tls_stream, peer, ctx, cn, None).await;
             }
             Err(e) => {
                 stats.handshake_failed();
@@ -99,8 +97,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext, kind: 
             .await;
             match upgrade {
                 Ok(Ok((ws, client))) => {
-                    let (r, w) = tokio::io::split(ws);
-                    drive(StreamRead(r), w, client, ctx, None).await;
+                    drive(ws, client, ctx, None, None).await;
                 }
                 Ok(Err(e)) => {
                     stats.handshake_failed();
@@ -128,8 +125,7 @@ async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ListenerContext, kind: 
             .await;
             match upgrade {
                 Ok(Ok((ws, client))) => {
-                    let (r, w) = tokio::io::split(ws);
-                    drive(StreamRead(r), w, client, ctx, cn).await;
+                    drive(ws, client, ctx, cn, None).await;
                 }
                 Ok(Err(e)) => {
                     stats.handshake_failed();

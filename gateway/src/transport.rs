@@ -1,14 +1,9 @@
-//! What the MQTT connection driver ([`crate::mqtt_tcp::drive`]) needs from a
-//! byte transport, so one driver serves TCP, TLS, WebSocket and secure
-//! WebSocket alike.
-//!
-//! The write side is any `AsyncWrite` (flushed after every batch: TLS
-//! records and WebSocket frames leave on flush). The read side is
-//! [`ConnRead`]: "wait for input, then take what is there". Plain TCP
-//! implements it with `readable()` + `try_read` (in `mqtt_tcp`); any other
-//! `AsyncRead` is wrapped in [`StreamRead`], which polls the stream with a
-//! chunk buffer that lives on the stack of one `poll` call. Either way an
-//! idle connection's future holds no read buffer.
+//! Reading from a byte transport without keeping a read buffer: the
+//! STOMP driver's [`ConnRead`] ("wait for input, then take what is there",
+//! with [`StreamRead`] for any `AsyncRead`) and the MQTT driver's
+//! `poll_read_available`. Either polls the stream with a chunk buffer
+//! that lives on the stack of one `poll` call, so an idle connection holds
+//! no read buffer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -65,7 +60,7 @@ impl<R: AsyncRead + Unpin + Send> ConnRead for StreamRead<R> {
 /// One poll: read chunks while the stream has them. Ready(true) once at
 /// least one byte arrived (or `rbuf` is full), Ready(false) on end of
 /// stream or error, Pending when nothing was there.
-fn poll_read_available<R: AsyncRead + Unpin>(
+pub(crate) fn poll_read_available<R: AsyncRead + Unpin>(
     reader: &mut R,
     cx: &mut Context<'_>,
     rbuf: &mut BytesMut,

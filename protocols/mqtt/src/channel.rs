@@ -161,10 +161,8 @@ struct Connected {
     client_max_packet_size: u32,
     /// Client's Topic Alias Maximum (server→client aliases).
     client_topic_alias_max: u16,
-    /// Aliases the client set (client→server).
-    inbound_aliases: HashMap<u16, Arc<str>>,
-    /// Aliases we assigned (server→client).
-    outbound_aliases: HashMap<Arc<str>, u16>,
+    /// Topic aliases both ways, on the heap once the first is used.
+    aliases: Option<Box<TopicAliases>>,
     /// Whether reason strings may be sent on acks.
     problem_information: bool,
     /// Session expiry requested in CONNECT was zero.
@@ -233,11 +231,38 @@ impl Bucket {
     }
 }
 
+/// What a connection knows before its CONNECT and needs only for it.
+#[derive(Debug)]
+struct PreConnect {
+    peer: Option<SocketAddr>,
+    /// User name from the transport (TLS client certificate CN), replacing
+    /// the CONNECT's.
+    transport_username: Option<String>,
+}
+
+/// Topic aliases of one MQTT 5 connection (§3.3.2.3.4).
+#[derive(Debug, Default)]
+struct TopicAliases {
+    /// Set by the client (client→server).
+    inbound: HashMap<u16, Arc<str>>,
+    /// Assigned by us (server→client).
+    outbound: HashMap<Arc<str>, u16>,
+}
+
+/// A connection's message and byte rate buckets.
+#[derive(Debug)]
+struct RateBuckets {
+    messages: Bucket,
+    bytes: Bucket,
+}
+
 /// One connection's MQTT state.
 pub struct Channel {
     broker: Arc<Broker>,
     config: Arc<ChannelConfig>,
-    peer: Option<SocketAddr>,
+    /// What only the CONNECT needs (peer address, transport user name),
+    /// on the heap until then.
+    pre_connect: Option<Box<PreConnect>>,
     version: ProtocolVersion,
     state: State,
     /// The session, from a successful CONNECT until `finish`.
@@ -256,11 +281,9 @@ pub struct Channel {
     close_kind: CloseKind,
     /// An authentication decision for the driver to await.
     pending_auth: Option<AuthFuture>,
-    /// User name from the transport (TLS client certificate CN), replacing the CONNECT's.
-    transport_username: Option<String>,
     /// Per-client message and byte rate buckets.
-    message_bucket: Bucket,
-    byte_bucket: Bucket,
+    /// On the heap, and only when a rate is configured.
+    buckets: Option<Box<RateBuckets>>,
     /// Input is paused until then (rate exceeded, throttle mode).
     paused_until: Option<Instant>,
     /// Acknowledgements waiting for their store commit, oldest first.
@@ -276,7 +299,7 @@ pub const MAX_HELD_ACKS: usize = 4096;
 impl std::fmt::Debug for Channel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Channel")
-            .field("peer", &self.peer)
+            .field("peer", &self.pre_connect.as_ref().map(|p| p.peer))
             .field("version", &self.version)
             .field("client_id", &self.client_id())
             .finish()
@@ -292,13 +315,18 @@ impl Channel {
         now: Instant,
     ) -> Channel {
         let deadline = Some(now + config.connect_timeout);
-        let (message_bucket, byte_bucket) = (
-            Bucket::new(config.messages_rate),
-            Bucket::new(config.bytes_rate),
-        );
+        let buckets = (config.messages_rate > 0 || config.bytes_rate > 0).then(|| {
+            Box::new(RateBuckets {
+                messages: Bucket::new(config.messages_rate),
+                bytes: Bucket::new(config.bytes_rate),
+            })
+        });
         Channel {
             config,
-            peer,
+            pre_connect: Some(Box::new(PreConnect {
+                peer,
+                transport_username: None,
+            })),
             version: ProtocolVersion::V3_1_1,
             state: State::AwaitingConnect,
             handle: None,
@@ -309,9 +337,7 @@ impl Channel {
             backpressure: Vec::new(),
             close_kind: CloseKind::Abnormal,
             pending_auth: None,
-            transport_username: None,
-            message_bucket,
-            byte_bucket,
+            buckets,
             paused_until: None,
             held: VecDeque::new(),
             commits: broker.persistence().commits(),
@@ -322,7 +348,19 @@ impl Channel {
     /// The user name the transport proved (TLS client certificate CN); it
     /// replaces whatever the CONNECT says. Call before the first packet.
     pub fn set_transport_username(&mut self, username: Option<String>) {
-        self.transport_username = username;
+        if let Some(pre) = self.pre_connect.as_deref_mut() {
+            pre.transport_username = username;
+        }
+    }
+
+    /// The core this channel talks to.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// The core's counters.
+    pub fn metrics(&self) -> &tributary_core::metrics::Metrics {
+        self.broker.metrics()
     }
 
     /// A pending authentication decision the driver must await, then pass
@@ -808,13 +846,14 @@ impl Channel {
             });
         }
 
+        let pre = self.pre_connect.take();
         let client = ClientInfo {
             client_id: client_id.clone(),
-            username: self
-                .transport_username
-                .clone()
+            username: pre
+                .as_ref()
+                .and_then(|p| p.transport_username.clone())
                 .or_else(|| connect.username.clone()),
-            peer: self.peer,
+            peer: pre.and_then(|p| p.peer),
             protocol: "mqtt",
         };
         let mut parked = ParkedConnect {
@@ -1060,8 +1099,7 @@ impl Channel {
             } else {
                 0
             },
-            inbound_aliases: HashMap::new(),
-            outbound_aliases: HashMap::new(),
+            aliases: None,
             problem_information: props.request_problem_information.unwrap_or(1) == 1,
             connect_expiry_zero: requested_expiry == 0,
         }));
@@ -1084,22 +1122,22 @@ impl Channel {
     /// Per-client message and byte rates (token buckets). Returns false
     /// when the connection was closed for it.
     fn within_rate(&mut self, publish: &Publish, now: Instant) -> bool {
-        if self.config.messages_rate == 0 && self.config.bytes_rate == 0 {
+        let Some(buckets) = self.buckets.as_deref_mut() else {
             return true;
-        }
+        };
         let bytes = (publish.payload.len() + publish.topic.len()) as f64;
         let metrics = self.broker.metrics();
         if self.config.disconnect_on_rate_exceeded
-            && !(self.message_bucket.fits(1.0, now) && self.byte_bucket.fits(bytes, now))
+            && !(buckets.messages.fits(1.0, now) && buckets.bytes.fits(bytes, now))
         {
             metrics.inc(&metrics.rate_limited);
             self.violation(rc::MESSAGE_RATE_TOO_HIGH, "message rate too high");
             return false;
         }
-        let until = self
-            .message_bucket
+        let until = buckets
+            .messages
             .take(1.0, now)
-            .max(self.byte_bucket.take(bytes, now));
+            .max(buckets.bytes.take(bytes, now));
         if let Some(until) = until {
             if self.paused_until.is_none() {
                 metrics.inc(&metrics.rate_limited);
@@ -1145,12 +1183,17 @@ impl Channel {
                     "topic alias out of range [MQTT-3.3.2-9]",
                 );
             }
-            Some(alias) if publish.topic.is_empty() => match conn.inbound_aliases.get(&alias) {
-                Some(t) => t.clone(),
-                None => return self.violation(rc::PROTOCOL_ERROR, "unknown topic alias"),
-            },
+            Some(alias) if publish.topic.is_empty() => {
+                match conn.aliases.as_ref().and_then(|a| a.inbound.get(&alias)) {
+                    Some(t) => t.clone(),
+                    None => return self.violation(rc::PROTOCOL_ERROR, "unknown topic alias"),
+                }
+            }
             Some(alias) => {
-                conn.inbound_aliases.insert(alias, publish.topic.clone());
+                conn.aliases
+                    .get_or_insert_with(Box::default)
+                    .inbound
+                    .insert(alias, publish.topic.clone());
                 publish.topic.clone()
             }
             None => publish.topic.clone(),
@@ -1340,16 +1383,21 @@ impl Channel {
         let mut topic = d.message.topic.clone();
         // Topic alias, server→client: assign while there is room, then reuse.
         if conn.client_topic_alias_max > 0 {
-            match conn.outbound_aliases.get(&d.message.topic) {
+            match conn
+                .aliases
+                .as_ref()
+                .and_then(|a| a.outbound.get(&d.message.topic))
+            {
                 Some(&alias) => {
                     properties.topic_alias = Some(alias);
                     topic = no_topic();
                 }
                 None => {
-                    let next = conn.outbound_aliases.len() + 1;
+                    let aliases = conn.aliases.get_or_insert_with(Box::default);
+                    let next = aliases.outbound.len() + 1;
                     if next <= usize::from(conn.client_topic_alias_max) {
                         let alias = next as u16;
-                        conn.outbound_aliases.insert(d.message.topic.clone(), alias);
+                        aliases.outbound.insert(d.message.topic.clone(), alias);
                         properties.topic_alias = Some(alias);
                     }
                 }
