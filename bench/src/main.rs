@@ -358,6 +358,10 @@ impl Common {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Each connection is a descriptor: up to the hard limit, without a
+    // `ulimit -n` first. What is left is reported by the run itself (its
+    // connect failures).
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     if let Command::Summarize { file, baseline } = &cli.command {
         return match summary::load(file) {
             Ok(results) => {

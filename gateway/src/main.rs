@@ -352,6 +352,7 @@ fn main() -> ExitCode {
         _ => {}
     }
     tributary::logging::init(&config.log.level, config.log.format);
+    raise_open_files_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -389,5 +390,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+/// Every connection is a file descriptor: raise the soft open-files limit to
+/// the hard one (what `ulimit -n` would otherwise need), and say where it is.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }
