@@ -1048,8 +1048,9 @@ impl Channel {
             },
             now,
         );
-        info!(client_id = %client_id, version = ?self.version, clean_start = connect.clean_start,
-              session_present = opened.session_present, "client connected");
+        info!(client_id = %client_id, peer = ?client.peer, version = ?self.version,
+              clean_start = connect.clean_start, session_present = opened.session_present,
+              "client connected");
 
         let mut properties = Properties::default();
         if v5 {
