@@ -637,9 +637,9 @@ mod tests {
 
     /// What an idle connection costs is mostly its task, which tokio
     /// allocates in 128-byte steps around this future (ADR 0017): 640 bytes
-    /// today, a 768-byte task. The bound leaves room for compiler layout
-    /// changes but not for another `select!` or wrapper in the steady state
-    /// (those took it to 1,936).
+    /// with rustc 1.95, a 768-byte task. The bound leaves room for other
+    /// compilers' layouts but not for a `select!` or a wrapper future in the
+    /// steady state (those took it to 960 and 1,936).
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -663,6 +663,6 @@ mod tests {
         };
         let conn = drive(client, peer, ctx, None, None);
         let size = std::mem::size_of_val(&conn);
-        assert!(size <= 704, "connection future grew to {size} bytes");
+        assert!(size <= 768, "connection future grew to {size} bytes");
     }
 }
