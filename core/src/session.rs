@@ -275,9 +275,20 @@ impl Session {
         expiry_interval: u32,
         will: Option<Will>,
     ) -> Session {
+        Session::build(info, Some(owner), expiry_interval, will, None)
+    }
+
+    /// A session with an empty mailbox: online when it has an owner.
+    fn build(
+        info: ClientInfo,
+        owner: Option<Arc<ConnectionSignal>>,
+        expiry_interval: u32,
+        will: Option<Will>,
+        store: Option<Arc<dyn Persistence>>,
+    ) -> Session {
         Session {
             client_id: info.client_id.clone(),
-            online: AtomicBool::new(true),
+            online: AtomicBool::new(owner.is_some()),
             room: Notify::new(),
             state: Mutex::new(SessionState {
                 subscriptions: SessionMap::default(),
@@ -285,9 +296,9 @@ impl Session {
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
                 incoming_qos2: SessionMap::default(),
-                store: None,
+                store,
                 last_ticket: None,
-                owner: Some(owner),
+                owner,
                 expiry_interval,
                 will: will.map(Box::new),
                 will_due: None,
@@ -483,26 +494,7 @@ impl Session {
         expiry_interval: u32,
         store: Arc<dyn Persistence>,
     ) -> Session {
-        Session {
-            client_id: info.client_id.clone(),
-            online: AtomicBool::new(false),
-            room: Notify::new(),
-            state: Mutex::new(SessionState {
-                subscriptions: SessionMap::default(),
-                queue: VecDeque::new(),
-                inflight: VecDeque::new(),
-                next_packet_id: 1,
-                incoming_qos2: SessionMap::default(),
-                store: Some(store),
-                last_ticket: None,
-                owner: None,
-                expiry_interval,
-                will: None,
-                will_due: None,
-                expires_at: None,
-                info,
-            }),
-        }
+        Session::build(info, None, expiry_interval, None, Some(store))
     }
 
     /// Current number of pending (not yet sent) deliveries.
