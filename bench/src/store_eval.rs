@@ -157,13 +157,13 @@ pub fn run_engine(engine: &str, o: &EvalOptions) -> anyhow::Result<EvalResult> {
     drop(backend);
     let start = Instant::now();
     let backend = open(engine, &dir)?;
-    let records = backend.scan()?;
-    let decoded = records
-        .iter()
-        .filter(|(k, v)| {
-            k.first() == Some(&b'M') && tributary_storage::codec::decode_delivery(v, clock).is_ok()
-        })
-        .count();
+    let mut decoded = 0;
+    backend.scan(&mut |k, v| {
+        if k.first() == Some(&b'M') && tributary_storage::codec::decode_delivery(v, clock).is_ok() {
+            decoded += 1;
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
     anyhow::ensure!(
         decoded == batches * o.batch,
         "{engine}: restored {decoded} records, expected {}",

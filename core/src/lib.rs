@@ -15,18 +15,26 @@
 //! - [`storage`], [`cluster`]: persistence and cluster seams with in-process defaults.
 #![warn(missing_docs)]
 
+pub mod ack;
 pub mod auth;
 pub mod broker;
 pub mod cluster;
+pub mod connection;
+pub mod intake;
+mod mailbox;
 pub mod message;
 pub mod metrics;
+mod restore;
+mod routing;
 pub mod session;
+pub mod signal;
 pub mod storage;
+mod subscribe;
 pub mod topic;
 pub mod trie;
 
 pub use broker::{
-    Broker, BrokerConfig, CloseKind, OpenedSession, SessionRequest, SharedStrategy,
+    Broker, BrokerConfig, CloseKind, OpenedSession, QueueStats, SessionRequest, SharedStrategy,
     SubscribeOutcome,
 };
 pub use message::{ClientId, Delivery, Message, MessageProperties, QoS};

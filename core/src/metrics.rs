@@ -144,6 +144,16 @@ metrics! {
     store_ops,
     /// Acknowledgements refused because their store write failed.
     store_refused,
+    /// Reads of a spilled session queue back from the store that failed.
+    store_read_failures,
+    /// Connections closed for not authenticating within the pre-authentication time.
+    limit_preauth_timeout,
+    /// Connections closed for sending more than the pre-authentication byte budget.
+    limit_preauth_bytes,
+    /// Connections closed for silence past their keep-alive (idle) window.
+    limit_idle_timeout,
+    /// Connections closed because the peer stopped reading (write stall).
+    limit_write_stall,
 }
 
 impl Metrics {

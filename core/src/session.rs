@@ -18,7 +18,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
@@ -26,9 +26,13 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+pub(crate) use crate::mailbox::Pending;
+use crate::mailbox::{delivery_bytes, Mailbox, Refill};
+pub use crate::mailbox::{DropCounts, DropReason};
 use crate::message::{ClientId, Delivery, Message, QoS};
 use crate::metrics::Metrics;
-use crate::storage::{later, CommitTicket, Persistence, SessionRecord, StoreOp};
+pub use crate::signal::{ConnectionSignal, KickReason};
+use crate::storage::{later, CommitTicket, Persistence, SessionRecord, StoreOp, TicketState};
 
 /// What a protocol channel tells the core about who is connecting.
 #[derive(Debug, Clone)]
@@ -82,78 +86,6 @@ pub struct Will {
     pub message_expiry_interval: Option<u32>,
 }
 
-/// Why a connection is told to go away.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum KickReason {
-    /// Another connection took the session over (MQTT 5: 0x8E).
-    Takeover = 1,
-    /// An administrator kicked the client (0x98).
-    Administrative = 2,
-    /// The server is shutting down (0x8B).
-    ServerShutdown = 3,
-}
-
-/// The per-connection wake-up and kick signal shared between the core and
-/// the connection's driver task. A wake is remembered until the driver
-/// sees it (like a stored permit); the driver can poll for it directly
-/// ([`poll_notified`](Self::poll_notified)), so waiting for it keeps no
-/// future in the connection's state. One task waits on a signal.
-#[derive(Debug, Default)]
-pub struct ConnectionSignal {
-    woken: AtomicBool,
-    waker: atomic_waker::AtomicWaker,
-    kicked: AtomicU8,
-}
-
-impl ConnectionSignal {
-    /// A fresh signal.
-    pub fn new() -> Arc<ConnectionSignal> {
-        Arc::new(ConnectionSignal::default())
-    }
-
-    /// Wake the connection (remembered if it is not waiting).
-    pub fn wake(&self) {
-        self.woken.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    /// Ready (and the wake consumed) once [`wake`](Self::wake) was called
-    /// since the last time; otherwise registers `cx` to be woken.
-    pub fn poll_notified(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        if self.woken.swap(false, Ordering::AcqRel) {
-            return std::task::Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        if self.woken.swap(false, Ordering::AcqRel) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    }
-
-    /// Wait until woken.
-    pub async fn notified(&self) {
-        std::future::poll_fn(|cx| self.poll_notified(cx)).await;
-    }
-
-    /// Tell the connection to close for `reason`, and wake it.
-    pub fn kick(&self, reason: KickReason) {
-        self.kicked.store(reason as u8, Ordering::Release);
-        self.wake();
-    }
-
-    /// Why the connection was kicked, if it was.
-    pub fn kicked(&self) -> Option<KickReason> {
-        match self.kicked.load(Ordering::Acquire) {
-            1 => Some(KickReason::Takeover),
-            2 => Some(KickReason::Administrative),
-            3 => Some(KickReason::ServerShutdown),
-            _ => None,
-        }
-    }
-}
-
 /// Where an outgoing QoS 1/2 message is in its acknowledgement flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InflightPhase {
@@ -185,11 +117,36 @@ pub struct Inflight {
 pub struct QueueLimits {
     /// Maximum pending deliveries.
     pub max_len: usize,
+    /// Maximum bytes (topic and payload) of pending deliveries; 0 = no byte bound.
+    pub max_bytes: u64,
     /// Whether QoS 0 messages are queued while the client is offline.
     pub store_qos0: bool,
     /// What to drop when full.
     pub overflow: Overflow,
+    /// Longest a publisher waits for a full mailbox of an online session;
+    /// a mailbox that made no progress for this long is not waited for.
+    pub max_pause: Duration,
 }
+
+impl Default for QueueLimits {
+    /// Room for an hour of one message a second (ADR 0018).
+    fn default() -> Self {
+        QueueLimits {
+            max_len: 10_000,
+            max_bytes: 64 * 1024 * 1024,
+            store_qos0: true,
+            overflow: Overflow::DropOldest,
+            max_pause: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Deliveries a persistent session keeps in memory while online before the
+/// rest of its queue goes to the store only.
+const RESIDENT_ONLINE: usize = 1024;
+
+/// Spilled deliveries read back from the store at a time.
+const REFILL_BATCH: usize = 256;
 
 /// Mailbox overflow policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,13 +179,6 @@ pub enum IncomingQos2 {
     Full,
 }
 
-/// A queued delivery with its store sequence number (0 = not stored).
-#[derive(Debug, Clone)]
-pub(crate) struct Pending {
-    pub(crate) seq: u64,
-    pub(crate) delivery: Delivery,
-}
-
 /// A map inside a session: a fixed hasher instead of a random one saves
 /// its two words in every session, and the keys (a client's own filters and
 /// packet ids) only ever collide with that client's own.
@@ -238,8 +188,8 @@ pub(crate) type SessionMap<K, V> =
 #[derive(Debug)]
 pub(crate) struct SessionState {
     pub(crate) subscriptions: SessionMap<Arc<str>, SubOptions>,
-    queue: VecDeque<Pending>,
-    inflight: VecDeque<Inflight>,
+    pub(crate) mailbox: Mailbox,
+    pub(crate) inflight: VecDeque<Inflight>,
     next_packet_id: u16,
     incoming_qos2: SessionMap<u16, Instant>,
     /// The durable store, while this session is persistent (expiry above
@@ -248,6 +198,9 @@ pub(crate) struct SessionState {
     /// The latest commit ticket of this session's own changes (QoS 2
     /// state), for the connection to wait on before acknowledging.
     last_ticket: Option<CommitTicket>,
+    /// The commit the next refill of a spilled queue waits for: the
+    /// connection is woken through its commit wait.
+    refill_wait: Option<CommitTicket>,
     pub(crate) owner: Option<Arc<ConnectionSignal>>,
     pub(crate) expiry_interval: u32,
     /// Boxed: most sessions have none, and a will is a few hundred bytes.
@@ -274,8 +227,9 @@ impl Session {
         owner: Arc<ConnectionSignal>,
         expiry_interval: u32,
         will: Option<Will>,
+        now: Instant,
     ) -> Session {
-        Session::build(info, Some(owner), expiry_interval, will, None)
+        Session::build(info, Some(owner), expiry_interval, will, None, now)
     }
 
     /// A session with an empty mailbox: online when it has an owner.
@@ -285,6 +239,7 @@ impl Session {
         expiry_interval: u32,
         will: Option<Will>,
         store: Option<Arc<dyn Persistence>>,
+        now: Instant,
     ) -> Session {
         Session {
             client_id: info.client_id.clone(),
@@ -292,12 +247,13 @@ impl Session {
             room: Notify::new(),
             state: Mutex::new(SessionState {
                 subscriptions: SessionMap::default(),
-                queue: VecDeque::new(),
+                mailbox: Mailbox::new(now),
                 inflight: VecDeque::new(),
                 next_packet_id: 1,
                 incoming_qos2: SessionMap::default(),
                 store,
                 last_ticket: None,
+                refill_wait: None,
                 owner,
                 expiry_interval,
                 will: will.map(Box::new),
@@ -324,68 +280,113 @@ impl Session {
         delivery: Delivery,
         limits: &QueueLimits,
         metrics: &Metrics,
+        now: Instant,
     ) -> bool {
-        self.deliver_flow(delivery, limits, metrics).0 != Queued::Dropped
+        self.deliver_flow(delivery, limits, metrics, now).0 != Queued::Dropped
     }
 
     /// Queue a delivery and say whether the publisher should pause.
     ///
-    /// QoS 0 deliveries, and any delivery to an offline session, follow the
-    /// overflow policy once the mailbox is full. A QoS 1/2 delivery to an
-    /// online session was acknowledged to its publisher (or is about to
-    /// be), so it is queued beyond the bound instead — up to twice the
-    /// bound — and [`Queued::OverLimit`] asks the publishing connection to
-    /// stop reading until this session has room again.
+    /// Past the bound (messages or bytes), a QoS 1/2 delivery to an online
+    /// session whose mailbox is still making progress is queued anyway —
+    /// up to twice the bound — and [`Queued::OverLimit`] asks the
+    /// publishing connection to stop reading until this session has room,
+    /// for at most `max_pause` (ADR 0009, ADR 0018). Everything else past
+    /// the bound — QoS 0, offline sessions, and mailboxes that made no
+    /// progress for `max_pause` (a subscriber that stopped reading) —
+    /// follows the overflow policy, counted per session and globally.
     ///
-    /// A QoS 1/2 delivery to a persistent session is also handed to the
-    /// store; the returned ticket resolves when it is durable.
+    /// A QoS 1/2 delivery to a persistent session is handed to the store
+    /// (and, while the session spills, any delivery); the returned ticket
+    /// resolves when it is durable.
     pub(crate) fn deliver_flow(
         &self,
         delivery: Delivery,
         limits: &QueueLimits,
         metrics: &Metrics,
+        now: Instant,
     ) -> (Queued, Option<CommitTicket>) {
         let mut st = self.state.lock();
-        if st.owner.is_none() && delivery.qos == QoS::AtMostOnce && !limits.store_qos0 {
-            metrics.inc(&metrics.messages_dropped_offline_qos0);
+        let online = st.owner.is_some();
+        let qos0 = delivery.qos == QoS::AtMostOnce;
+        if !online && qos0 && !limits.store_qos0 {
+            st.mailbox
+                .record_drop(DropReason::OfflineQos0, &self.client_id, metrics, now);
             return (Queued::Dropped, None);
         }
+        let size = delivery_bytes(&delivery);
         let mut outcome = Queued::Yes;
-        if st.queue.len() >= limits.max_len
-            && st.owner.is_some()
-            && delivery.qos != QoS::AtMostOnce
-            && st.queue.len() < limits.max_len.saturating_mul(2)
-        {
-            metrics.inc(&metrics.publish_backpressure);
-            outcome = Queued::OverLimit;
-        } else if st.queue.len() >= limits.max_len {
-            metrics.inc(&metrics.messages_dropped_queue_full);
-            match limits.overflow {
-                Overflow::DropNewest => return (Queued::Dropped, None),
-                Overflow::DropOldest => {
-                    if let Some(old) = st.queue.pop_front() {
-                        st.forget(old.seq);
+        if st.mailbox.over(limits.max_len, limits.max_bytes, size, 1) {
+            if online
+                && !qos0
+                && !st.mailbox.stalled(now, limits.max_pause)
+                && !st.mailbox.over(limits.max_len, limits.max_bytes, size, 2)
+            {
+                metrics.inc(&metrics.publish_backpressure);
+                outcome = Queued::OverLimit;
+            } else {
+                match limits.overflow {
+                    Overflow::DropNewest => {
+                        st.mailbox.record_drop(
+                            DropReason::QueueFull,
+                            &self.client_id,
+                            metrics,
+                            now,
+                        );
+                        return (Queued::Dropped, None);
+                    }
+                    Overflow::DropOldest => {
+                        while st.mailbox.over(limits.max_len, limits.max_bytes, size, 1) {
+                            let Some(old) = st.mailbox.drop_oldest() else {
+                                break;
+                            };
+                            if let Some(old) = old {
+                                st.forget(old.seq);
+                            }
+                            st.mailbox.record_drop(
+                                DropReason::QueueFull,
+                                &self.client_id,
+                                metrics,
+                                now,
+                            );
+                        }
                     }
                 }
-            }
-        }
-        let mut ticket = None;
-        let mut seq = 0;
-        if delivery.qos != QoS::AtMostOnce {
-            if let Some(store) = &st.store {
-                seq = store.next_seq();
-                ticket = store.submit(StoreOp::MessagePut {
-                    client_id: self.client_id.clone(),
-                    seq,
-                    delivery: delivery.clone(),
-                });
             }
         }
         // One wake-up per batch: a non-empty mailbox means the owner has
         // been woken already and will drain it (or is waiting for its
         // inflight window, and acknowledgements make it look again).
-        let was_empty = st.queue.is_empty();
-        st.queue.push_back(Pending { seq, delivery });
+        let was_empty = st.mailbox.is_empty();
+        let mut ticket = None;
+        let spilling = st.store.is_some()
+            && (!online
+                || st.mailbox.is_spilling()
+                || st.mailbox.resident_len() >= RESIDENT_ONLINE);
+        if let (true, Some(store)) = (spilling, st.store.clone()) {
+            // Only in the store: memory does not grow with the queue.
+            let seq = store.next_seq();
+            let (ack, fence) = store.submit_fenced(StoreOp::MessagePut {
+                client_id: self.client_id.clone(),
+                seq,
+                delivery,
+            });
+            ticket = ack;
+            st.mailbox.push_spilled(seq, size, fence, now);
+        } else {
+            let mut seq = 0;
+            if !qos0 {
+                if let Some(store) = &st.store {
+                    seq = store.next_seq();
+                    ticket = store.submit(StoreOp::MessagePut {
+                        client_id: self.client_id.clone(),
+                        seq,
+                        delivery: delivery.clone(),
+                    });
+                }
+            }
+            st.mailbox.push(Pending { seq, delivery }, now);
+        }
         if was_empty {
             if let Some(owner) = &st.owner {
                 owner.wake();
@@ -395,10 +396,13 @@ impl Session {
     }
 
     /// True while publishers should wait before adding to this session:
-    /// it is online and its mailbox holds `max_len` or more.
-    pub fn is_congested(&self, max_len: usize) -> bool {
+    /// it is online, its mailbox holds `max_len` or more (or `max_bytes`
+    /// or more) and it is still making progress.
+    pub fn is_congested(&self, limits: &QueueLimits, now: Instant) -> bool {
         let st = self.state.lock();
-        st.owner.is_some() && st.queue.len() >= max_len
+        st.owner.is_some()
+            && st.mailbox.over(limits.max_len, limits.max_bytes, 0, 1)
+            && !st.mailbox.stalled(now, limits.max_pause)
     }
 
     /// A future resolving when this session's mailbox drained below its
@@ -415,10 +419,7 @@ impl Session {
 
     /// Put deliveries back at the front of the mailbox, in order, ignoring the bound.
     pub(crate) fn requeue_front(&self, deliveries: Vec<Pending>) {
-        let mut st = self.state.lock();
-        for d in deliveries.into_iter().rev() {
-            st.queue.push_front(d);
-        }
+        self.state.lock().mailbox.push_front_all(deliveries);
     }
 
     /// Take back shared-subscription deliveries not yet completed, so they
@@ -440,14 +441,18 @@ impl Session {
                 st.inflight.push_back(i);
             }
         }
-        let queue = std::mem::take(&mut st.queue);
+        // Resident ones only: spilled shared deliveries wait in the store
+        // for this session's return (or its expiry).
+        let queue = st.mailbox.take_resident();
+        let mut kept = Vec::new();
         for d in queue {
             if d.delivery.shared.is_some() && d.delivery.qos != QoS::AtMostOnce {
                 out.push(d);
             } else {
-                st.queue.push_back(d);
+                kept.push(d);
             }
         }
+        st.mailbox.push_front_all(kept);
         out
     }
 
@@ -493,13 +498,30 @@ impl Session {
         info: ClientInfo,
         expiry_interval: u32,
         store: Arc<dyn Persistence>,
+        now: Instant,
     ) -> Session {
-        Session::build(info, None, expiry_interval, None, Some(store))
+        Session::build(info, None, expiry_interval, None, Some(store), now)
     }
 
-    /// Current number of pending (not yet sent) deliveries.
+    /// Current number of pending (not yet sent) deliveries, in memory and
+    /// in the store.
     pub fn queue_len(&self) -> usize {
-        self.state.lock().queue.len()
+        self.state.lock().mailbox.len()
+    }
+
+    /// Bytes (topic and payload) of the pending deliveries.
+    pub fn queue_bytes(&self) -> u64 {
+        self.state.lock().mailbox.bytes()
+    }
+
+    /// Pending deliveries held in memory (the rest, if any, is in the store).
+    pub fn resident_len(&self) -> usize {
+        self.state.lock().mailbox.resident_len()
+    }
+
+    /// What this session lost, by reason.
+    pub fn drop_counts(&self) -> DropCounts {
+        self.state.lock().mailbox.drop_counts()
     }
 
     /// Current number of outgoing messages awaiting acknowledgement.
@@ -577,26 +599,35 @@ impl SessionHandle {
         if !self.owns(&st) {
             return Vec::new();
         }
-        let mut out = Vec::with_capacity(st.queue.len().min(max));
+        let mut out = Vec::with_capacity(st.mailbox.resident_len().min(max));
         while out.len() < max {
-            let Some(front) = st.queue.front() else { break };
+            if st.mailbox.front().is_none() && !st.refill(&self.session.client_id, metrics) {
+                break;
+            }
+            let Some(front) = st.mailbox.front() else {
+                break;
+            };
             if front.delivery.qos != QoS::AtMostOnce && st.inflight.len() >= window {
                 break;
             }
-            let Some(Pending { seq, delivery }) = st.queue.pop_front() else {
+            let Some(Pending { seq, delivery }) = st.mailbox.pop_front() else {
                 break;
             };
             if delivery.message.is_expired(now) {
-                metrics.inc(&metrics.messages_dropped_expired);
                 st.forget(seq);
+                st.mailbox
+                    .record_drop(DropReason::Expired, &self.session.client_id, metrics, now);
                 continue;
             }
             if !accept(&delivery) {
-                metrics.inc(&metrics.messages_dropped_too_large);
                 st.forget(seq);
+                st.mailbox
+                    .record_drop(DropReason::TooLarge, &self.session.client_id, metrics, now);
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce {
+                // Stored only while the queue spilled: done once sent.
+                st.forget(seq);
                 out.push(Outgoing {
                     packet_id: None,
                     delivery,
@@ -605,7 +636,7 @@ impl SessionHandle {
                 continue;
             }
             let Some(packet_id) = next_free_packet_id(&mut st) else {
-                st.queue.push_front(Pending { seq, delivery });
+                st.mailbox.push_front_all(vec![Pending { seq, delivery }]);
                 break;
             };
             let phase = if delivery.qos == QoS::AtLeastOnce {
@@ -627,6 +658,9 @@ impl SessionHandle {
                 dup: false,
             });
         }
+        if !out.is_empty() {
+            st.mailbox.progressed(now);
+        }
         drop(st);
         if !out.is_empty() {
             // Publishers paused on this mailbox re-check it themselves.
@@ -638,9 +672,16 @@ impl SessionHandle {
     /// True when deliveries are waiting and could be sent within `window`.
     pub fn has_sendable(&self, window: usize) -> bool {
         let st = self.session.state.lock();
-        st.queue
-            .front()
-            .is_some_and(|d| d.delivery.qos == QoS::AtMostOnce || st.inflight.len() < window)
+        match st.mailbox.front() {
+            Some(d) => d.delivery.qos == QoS::AtMostOnce || st.inflight.len() < window,
+            None => st.mailbox.is_spilling() && st.refill_wait.is_none(),
+        }
+    }
+
+    /// The store commit a refill of this session's spilled queue waits
+    /// for, if any: once it is done, deliveries can be taken again.
+    pub fn refill_ticket(&self) -> Option<CommitTicket> {
+        self.session.state.lock().refill_wait
     }
 
     /// PUBACK received: completes a QoS 1 flow. False if unknown.
@@ -821,6 +862,49 @@ impl SessionHandle {
 }
 
 impl SessionState {
+    /// Read spilled deliveries back into memory until one is there; false
+    /// when none could be: nothing spilled, the last spilled write not yet
+    /// committed ([`SessionHandle::refill_ticket`]), or a failed read
+    /// (counted; tried again on the next take).
+    pub(crate) fn refill(&mut self, client_id: &ClientId, metrics: &Metrics) -> bool {
+        let Some(store) = self.store.clone() else {
+            return false;
+        };
+        let commits = store.commits();
+        let inflight: Vec<u64> = self.inflight.iter().map(|i| i.seq).collect();
+        while self.mailbox.front().is_none() {
+            let mut skipped = Vec::new();
+            let r = self.mailbox.refill(
+                REFILL_BATCH,
+                |t| {
+                    commits
+                        .as_ref()
+                        .is_none_or(|c| c.state(t) != TicketState::Pending)
+                },
+                |from, max| store.load_queue(client_id, from, max),
+                |seq| inflight.contains(&seq),
+                |seq| skipped.push(seq),
+            );
+            for seq in skipped {
+                self.forget(seq);
+            }
+            match r {
+                Ok(Refill::Loaded) => self.refill_wait = None,
+                Ok(Refill::Nothing) => return false,
+                Ok(Refill::Wait(t)) => {
+                    self.refill_wait = Some(t);
+                    return false;
+                }
+                Err(e) => {
+                    metrics.inc(&metrics.store_read_failures);
+                    tracing::debug!(client_id = %client_id, error = %e, "spilled queue not read back; retried later");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     /// Hand `op` to the store (if persistent), keeping the latest ticket.
     pub(crate) fn emit(&mut self, op: StoreOp) -> Option<CommitTicket> {
         let ticket = self.store.as_ref()?.submit(op);
@@ -870,7 +954,7 @@ impl SessionState {
                     sent_at: now,
                 });
             }
-            None => self.queue.push_back(Pending { seq, delivery }),
+            None => self.mailbox.push(Pending { seq, delivery }, now),
         }
     }
 

@@ -201,10 +201,24 @@ pub struct RestoredMessage {
 pub struct RestoredSession {
     /// The record.
     pub record: SessionRecord,
-    /// Its messages, by sequence number.
+    /// Its inflight messages and the head of its queue, by sequence number.
     pub messages: Vec<RestoredMessage>,
+    /// The rest of its queue, left in the store ([`Persistence::load_queue`]
+    /// reads it when the session gets that far).
+    pub spilled: Option<SpilledQueue>,
     /// Incoming QoS 2 packet ids awaiting PUBREL.
     pub incoming_qos2: Vec<u16>,
+}
+
+/// Queued messages of a session that stay in the store, not in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpilledQueue {
+    /// How many.
+    pub count: usize,
+    /// Their topic and payload bytes.
+    pub bytes: u64,
+    /// The sequence number of the first one.
+    pub first_seq: u64,
 }
 
 /// Everything a store held at start-up.
@@ -221,8 +235,28 @@ pub trait Persistence: Send + Sync + std::fmt::Debug {
     /// False for stores that keep nothing: the core then builds no op.
     fn enabled(&self) -> bool;
     /// Queue `op` for the next group commit; never blocks. `None` when
-    /// nothing will be written.
+    /// nothing will be written, or when the durability mode makes nobody
+    /// wait for it.
     fn submit(&self, op: StoreOp) -> Option<CommitTicket>;
+    /// [`Persistence::submit`], also returning the batch the op went into
+    /// whatever the durability mode: once that batch is done, the op can
+    /// be read back ([`Persistence::load_queue`]). (ack ticket, fence).
+    fn submit_fenced(&self, op: StoreOp) -> (Option<CommitTicket>, Option<CommitTicket>) {
+        let ticket = self.submit(op);
+        (ticket, ticket)
+    }
+    /// Read up to `max` queued messages of `client_id` with sequence
+    /// numbers from `from_seq` on, in order, from what is committed. A
+    /// blocking read of the embedded engine (page cache, usually), done
+    /// by the subscriber's own task when its in-memory queue runs dry.
+    fn load_queue(
+        &self,
+        _client_id: &str,
+        _from_seq: u64,
+        _max: usize,
+    ) -> Result<Vec<(u64, Delivery)>, LoadError> {
+        Ok(Vec::new())
+    }
     /// The next message sequence number.
     fn next_seq(&self) -> u64;
     /// Commit progress, for waiting on tickets.
@@ -232,6 +266,11 @@ pub trait Persistence: Send + Sync + std::fmt::Debug {
         StoreStats::default()
     }
 }
+
+/// Why queued messages could not be read back from the store.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("store read failed: {0}")]
+pub struct LoadError(pub String);
 
 /// A store's figures, exported as metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

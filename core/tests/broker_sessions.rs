@@ -4,6 +4,9 @@
 
 mod common;
 
+use tributary_core::intake::Verdict;
+use tributary_core::session::DropReason;
+
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -161,23 +164,25 @@ fn queue_bound_drop_newest_keeps_oldest() {
 fn online_qos1_over_the_bound_is_kept_and_asks_the_publisher_to_pause() {
     let t0 = Instant::now();
     let b = broker_with_queue(3, true, Overflow::DropNewest);
+    let limits = b.config().queue;
     let s = connect(&b, "s", t0);
     subscribe(&b, &s, "t", QoS::AtLeastOnce, t0);
-    let mut congested = Vec::new();
+    let mut p = b.publisher(client("p"));
     for i in 0..3 {
         let m = Message::new("t", Bytes::from(i.to_string()), QoS::AtLeastOnce, false);
-        assert_eq!(b.publish_with_backpressure(m, t0, &mut congested), 1);
+        assert_eq!(b.admit(&mut p, m, t0).verdict, Verdict::Accepted);
     }
-    assert!(congested.is_empty(), "within the bound nobody pauses");
+    assert!(!p.is_congested(), "within the bound nobody pauses");
     // Over the bound: kept (it was acknowledged), and the publisher is told
     // to pause on this session, once.
     for i in 3..5 {
         let m = Message::new("t", Bytes::from(i.to_string()), QoS::AtLeastOnce, false);
-        assert_eq!(b.publish_with_backpressure(m, t0, &mut congested), 1);
+        assert_eq!(b.admit(&mut p, m, t0).verdict, Verdict::Accepted);
     }
+    let congested = p.take_congestion();
     assert_eq!(congested.len(), 1);
     assert!(Arc::ptr_eq(&congested[0], &s.session));
-    assert!(s.session.is_congested(3));
+    assert!(s.session.is_congested(&limits, t0));
     assert_eq!(count(&b.metrics().messages_dropped_queue_full), 0);
     assert_eq!(count(&b.metrics().publish_backpressure), 2);
     // Twice the bound is the hard limit: past it the policy applies.
@@ -186,6 +191,7 @@ fn online_qos1_over_the_bound_is_kept_and_asks_the_publisher_to_pause() {
     }
     assert_eq!(s.session.queue_len(), 6);
     assert_eq!(count(&b.metrics().messages_dropped_queue_full), 1);
+    assert_eq!(s.session.drop_counts().get(DropReason::QueueFull), 1);
     // Draining frees room and wakes paused publishers.
     let mut room = std::pin::pin!(s.session.room());
     room.as_mut().enable();
@@ -193,8 +199,46 @@ fn online_qos1_over_the_bound_is_kept_and_asks_the_publisher_to_pause() {
         payloads(&drain_all(&b, &s, t0)),
         ["0", "1", "2", "3", "4", "5"]
     );
-    assert!(!s.session.is_congested(3));
+    assert!(!s.session.is_congested(&limits, t0));
     assert!(futures_ready(room.as_mut()));
+}
+
+#[test]
+fn a_subscriber_that_stopped_taking_messages_is_not_waited_for() {
+    let t0 = Instant::now();
+    let b = broker_with_queue(3, true, Overflow::DropOldest);
+    let limits = b.config().queue;
+    let s = connect(&b, "s", t0);
+    subscribe(&b, &s, "t", QoS::AtLeastOnce, t0);
+    let mut p = b.publisher(client("p"));
+    let admit = |p: &mut tributary_core::intake::Publisher, i: usize, at: Instant| {
+        let m = Message::new("t", Bytes::from(i.to_string()), QoS::AtLeastOnce, false);
+        b.admit(p, m, at).verdict
+    };
+    for i in 0..4 {
+        assert_eq!(admit(&mut p, i, t0), Verdict::Accepted);
+    }
+    assert_eq!(
+        p.take_congestion().len(),
+        1,
+        "a live subscriber is waited for"
+    );
+    // Nothing taken for max_pause: the mailbox is stalled, publishers go on
+    // and the overflow policy applies, counted.
+    let later = t0 + limits.max_pause;
+    assert!(!s.session.is_congested(&limits, later));
+    for i in 4..10 {
+        assert_eq!(admit(&mut p, i, later), Verdict::Accepted);
+    }
+    assert!(!p.is_congested());
+    assert_eq!(s.session.queue_len(), 3);
+    assert_eq!(s.session.drop_counts().get(DropReason::QueueFull), 7);
+    assert_eq!(payloads(&drain_all(&b, &s, later)), ["7", "8", "9"]);
+    // Taking mail again is progress: it is waited for again.
+    for i in 10..14 {
+        admit(&mut p, i, later);
+    }
+    assert_eq!(p.take_congestion().len(), 1);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! Embedded key-value engines behind one small trait: apply a batch
-//! atomically with a given sync mode, scan everything, report disk usage.
+//! atomically with a given sync mode, visit everything in key order, read a
+//! key range while the writer writes ([`BackendReader`]), report disk usage.
 //!
 //! [`FjallBackend`] (an LSM tree with a write-ahead journal) is what the
 //! gateway runs; [`RedbBackend`] (a copy-on-write B-tree) exists, behind
@@ -46,14 +47,28 @@ pub enum BackendError {
     },
 }
 
+/// A visitor of records in key order; `Break` stops the scan.
+pub type Visit<'a> = &'a mut dyn FnMut(&[u8], &[u8]) -> std::ops::ControlFlow<()>;
+
+/// Reads a committed key range while the writer thread owns the
+/// [`Backend`] (the engines are multi-version: a read never waits for a
+/// write).
+pub trait BackendReader: Send + Sync {
+    /// Up to `max` records with keys from `from` on that start with `prefix`.
+    fn range(&self, prefix: &[u8], from: &[u8], max: usize) -> Result<Records, BackendError>;
+}
+
 /// An embedded engine.
 pub trait Backend: Send + 'static {
     /// Apply `ops` atomically.
     fn apply(&mut self, ops: &[KvOp], sync: SyncMode) -> Result<(), BackendError>;
     /// Make everything applied so far durable.
     fn sync(&mut self) -> Result<(), BackendError>;
-    /// Every key and value, in key order.
-    fn scan(&self) -> Result<Records, BackendError>;
+    /// Visit every key and value, in key order, one at a time (nothing is
+    /// collected: a large store is never all in memory).
+    fn scan(&self, visit: Visit<'_>) -> Result<(), BackendError>;
+    /// A reader for ranges, usable from other threads.
+    fn reader(&self) -> std::sync::Arc<dyn BackendReader>;
     /// Bytes the store occupies on disk.
     fn disk_bytes(&self) -> u64;
     /// Reclaim space held by deleted records now (engines also do it in
@@ -141,13 +156,21 @@ impl Backend for FjallBackend {
             .map_err(|e| eng(&self.path, e))
     }
 
-    fn scan(&self) -> Result<Records, BackendError> {
-        let mut out = Vec::new();
+    fn scan(&self, visit: Visit<'_>) -> Result<(), BackendError> {
         for guard in self.ks.iter() {
             let (k, v) = guard.into_inner().map_err(|e| eng(&self.path, e))?;
-            out.push((k.to_vec(), v.to_vec()));
+            if visit(&k, &v).is_break() {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    fn reader(&self) -> std::sync::Arc<dyn BackendReader> {
+        std::sync::Arc::new(FjallReader {
+            path: self.path.clone(),
+            ks: self.ks.clone(),
+        })
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -166,11 +189,31 @@ impl Backend for FjallBackend {
     }
 }
 
+/// Range reads on a fjall keyspace (a cheap clone of the writer's).
+struct FjallReader {
+    path: PathBuf,
+    ks: fjall::Keyspace,
+}
+
+impl BackendReader for FjallReader {
+    fn range(&self, prefix: &[u8], from: &[u8], max: usize) -> Result<Records, BackendError> {
+        let mut out = Vec::new();
+        for guard in self.ks.range(from.to_vec()..) {
+            let (k, v) = guard.into_inner().map_err(|e| eng(&self.path, e))?;
+            if !k.starts_with(prefix) || out.len() >= max {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
 /// redb: copy-on-write B-tree in one file (evaluation only).
 #[cfg(feature = "redb")]
 pub struct RedbBackend {
     path: PathBuf,
-    db: redb::Database,
+    db: std::sync::Arc<redb::Database>,
 }
 
 #[cfg(feature = "redb")]
@@ -187,7 +230,7 @@ impl RedbBackend {
         tx.commit().map_err(|e| eng(path, e))?;
         Ok(RedbBackend {
             path: path.to_path_buf(),
-            db,
+            db: std::sync::Arc::new(db),
         })
     }
 }
@@ -237,16 +280,24 @@ impl Backend for RedbBackend {
         tx.commit().map_err(|e| eng(&self.path, e))
     }
 
-    fn scan(&self) -> Result<Records, BackendError> {
+    fn scan(&self, visit: Visit<'_>) -> Result<(), BackendError> {
         use redb::{ReadableDatabase, ReadableTable};
         let tx = self.db.begin_read().map_err(|e| eng(&self.path, e))?;
         let table = tx.open_table(TABLE).map_err(|e| eng(&self.path, e))?;
-        let mut out = Vec::new();
         for item in table.iter().map_err(|e| eng(&self.path, e))? {
             let (k, v) = item.map_err(|e| eng(&self.path, e))?;
-            out.push((k.value().to_vec(), v.value().to_vec()));
+            if visit(k.value(), v.value()).is_break() {
+                break;
+            }
         }
-        Ok(out)
+        Ok(())
+    }
+
+    fn reader(&self) -> std::sync::Arc<dyn BackendReader> {
+        std::sync::Arc::new(RedbReader {
+            path: self.path.clone(),
+            db: self.db.clone(),
+        })
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -254,13 +305,39 @@ impl Backend for RedbBackend {
     }
 
     fn compact(&mut self) -> Result<(), BackendError> {
-        self.db
-            .compact()
-            .map(|_| ())
-            .map_err(|e| eng(&self.path, e))
+        // Only while no reader holds the database (the evaluation's case).
+        match std::sync::Arc::get_mut(&mut self.db) {
+            Some(db) => db.compact().map(|_| ()).map_err(|e| eng(&self.path, e)),
+            None => Ok(()),
+        }
     }
 
     fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Range reads on a redb database (a read transaction per call).
+#[cfg(feature = "redb")]
+struct RedbReader {
+    path: PathBuf,
+    db: std::sync::Arc<redb::Database>,
+}
+
+#[cfg(feature = "redb")]
+impl BackendReader for RedbReader {
+    fn range(&self, prefix: &[u8], from: &[u8], max: usize) -> Result<Records, BackendError> {
+        use redb::ReadableDatabase;
+        let tx = self.db.begin_read().map_err(|e| eng(&self.path, e))?;
+        let table = tx.open_table(TABLE).map_err(|e| eng(&self.path, e))?;
+        let mut out = Vec::new();
+        for item in table.range(from..).map_err(|e| eng(&self.path, e))? {
+            let (k, v) = item.map_err(|e| eng(&self.path, e))?;
+            if !k.value().starts_with(prefix) || out.len() >= max {
+                break;
+            }
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 }

@@ -38,11 +38,12 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use tracing::{debug, error, info, warn};
 use tributary_core::storage::{
-    CommitTicket, Commits, Persistence, Restored, RestoredMessage, RestoredSession, StoreOp,
-    StoreStats,
+    CommitTicket, Commits, LoadError, Persistence, Restored, RestoredMessage, RestoredSession,
+    SpilledQueue, StoreOp, StoreStats,
 };
+use tributary_core::Delivery;
 
-use crate::backend::{Backend, BackendError, KvOp, SyncMode};
+use crate::backend::{Backend, BackendError, BackendReader, KvOp, SyncMode};
 use crate::codec::{self, Clock, Key};
 
 /// What an acknowledgement waits for.
@@ -130,6 +131,9 @@ struct Shared {
 /// The durable store (see the module documentation).
 pub struct DurableStore {
     shared: Arc<Shared>,
+    /// Reads spilled queues back while the writer writes; dropped at close
+    /// (it holds the engine open).
+    reader: parking_lot::RwLock<Option<Arc<dyn BackendReader>>>,
     path: PathBuf,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -153,9 +157,8 @@ impl DurableStore {
     ) -> Result<(Arc<DurableStore>, Restored), StoreError> {
         let path = backend.path().to_path_buf();
         let clock = Clock::read();
-        let records = backend.scan()?;
-        let (restored, max_seq, orphans) = decode_all(&path, records, clock)?;
-        let mut init = orphans.into_iter().map(KvOp::Delete).collect::<Vec<_>>();
+        let (restored, max_seq, orphans) = decode_all(&path, &*backend, clock)?;
+        let mut init = orphans;
         init.push(KvOp::Put(
             codec::VERSION_KEY.to_vec(),
             codec::FORMAT.to_vec(),
@@ -182,6 +185,7 @@ impl DurableStore {
             failures: AtomicU64::new(0),
             ops_written: AtomicU64::new(0),
         });
+        let reader = backend.reader();
         let writer_shared = shared.clone();
         let writer = std::thread::Builder::new()
             .name("tributary-store".into())
@@ -190,6 +194,7 @@ impl DurableStore {
         Ok((
             Arc::new(DurableStore {
                 shared,
+                reader: parking_lot::RwLock::new(Some(reader)),
                 path,
                 writer: Mutex::new(Some(writer)),
             }),
@@ -200,6 +205,7 @@ impl DurableStore {
     /// Write what is pending, sync, and stop the writer. Later submits are
     /// not written.
     pub fn close(&self) {
+        self.reader.write().take();
         self.shared.stop.store(true, Ordering::Release);
         self.shared.wake.notify_one();
         if let Some(handle) = self.writer.lock().take() {
@@ -243,6 +249,51 @@ impl Persistence for DurableStore {
             Durability::None if open_len < MAX_UNWAITED_OPS => None,
             _ => Some(CommitTicket(number)),
         }
+    }
+
+    fn submit_fenced(&self, op: StoreOp) -> (Option<CommitTicket>, Option<CommitTicket>) {
+        let (number, open_len) = {
+            let mut open = self.shared.open.lock();
+            open.ops.push(op);
+            (open.number, open.ops.len())
+        };
+        if open_len == 1 {
+            self.shared.wake.notify_one();
+        }
+        let ack = match self.shared.options.durability {
+            Durability::None if open_len < MAX_UNWAITED_OPS => None,
+            _ => Some(CommitTicket(number)),
+        };
+        (ack, Some(CommitTicket(number)))
+    }
+
+    fn load_queue(
+        &self,
+        client_id: &str,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Delivery)>, LoadError> {
+        let prefix = codec::client_prefix(b'M', client_id);
+        let from = codec::seq_key(b'M', client_id, from_seq);
+        let reader = self
+            .reader
+            .read()
+            .clone()
+            .ok_or_else(|| LoadError("the store is closed".into()))?;
+        let records = reader
+            .range(&prefix, &from, max)
+            .map_err(|e| LoadError(e.to_string()))?;
+        let clock = Clock::read();
+        let mut out = Vec::with_capacity(records.len());
+        for (k, v) in records {
+            let Ok(codec::Key::Message(_, seq)) = codec::parse_key(&k) else {
+                return Err(LoadError(format!("bad key {}", k.escape_ascii())));
+            };
+            let d = codec::decode_delivery(&v, clock)
+                .map_err(|e| LoadError(format!("record {}: {e}", k.escape_ascii())))?;
+            out.push((seq, d));
+        }
+        Ok(out)
     }
 
     fn next_seq(&self) -> u64 {
@@ -469,87 +520,120 @@ pub fn fold(ops: Vec<StoreOp>, clock: Clock) -> Vec<KvOp> {
     out
 }
 
-type Decoded = (Restored, u64, Vec<Vec<u8>>);
+/// What restore gives back: the sessions and retained messages, the
+/// highest sequence number, and the deletions of records that belong to no
+/// session.
+type Decoded = (Restored, u64, Vec<KvOp>);
 
-/// Decode every record: the sessions with their messages, the retained
-/// messages, the highest sequence number, and the keys of records that
-/// belong to no session (to delete).
-fn decode_all(
-    path: &Path,
-    records: Vec<(Vec<u8>, Vec<u8>)>,
-    clock: Clock,
-) -> Result<Decoded, StoreError> {
+/// Queued messages per session decoded at start-up; the rest stays in the
+/// store (counted) and is read back when the session gets there.
+pub const RESTORE_RESIDENT: usize = 32;
+
+/// One session's records as the scan meets them (inflight states come
+/// first in key order, then messages, then QoS 2 ids, then the record).
+#[derive(Default)]
+struct Parts {
+    record: Option<tributary_core::storage::SessionRecord>,
+    inflight: HashMap<u64, (u16, tributary_core::session::InflightPhase)>,
+    messages: Vec<RestoredMessage>,
+    queued_kept: usize,
+    spilled: Option<SpilledQueue>,
+    qos2: Vec<u16>,
+}
+
+/// Visit every record once (nothing but the head of each queue is kept in
+/// memory), failing on any record that does not decode.
+fn decode_all(path: &Path, backend: &dyn Backend, clock: Clock) -> Result<Decoded, StoreError> {
     let corrupt = |key: &[u8], reason: String| StoreError::Corrupt {
         path: path.to_path_buf(),
         key: key.escape_ascii().to_string(),
         reason,
     };
-    #[derive(Default)]
-    struct Parts {
-        record: Option<tributary_core::storage::SessionRecord>,
-        messages: BTreeMap<u64, (Vec<u8>, tributary_core::Delivery)>,
-        inflight: HashMap<u64, (Vec<u8>, (u16, tributary_core::session::InflightPhase))>,
-        qos2: Vec<(Vec<u8>, u16)>,
-    }
     let mut parts: BTreeMap<String, Parts> = BTreeMap::new();
     let mut restored = Restored::default();
     let mut max_seq = 0;
-    for (k, v) in records {
-        let key = codec::parse_key(&k).map_err(|e| corrupt(&k, e.to_string()))?;
-        let bad = |e: codec::CodecError| corrupt(&k, e.to_string());
+    let mut failure: Option<StoreError> = None;
+    let mut visit = |k: &[u8], v: &[u8]| -> Result<(), StoreError> {
+        let key = codec::parse_key(k).map_err(|e| corrupt(k, e.to_string()))?;
+        let bad = |e: codec::CodecError| corrupt(k, e.to_string());
         match key {
             Key::Version => {
                 if v != codec::FORMAT {
                     return Err(StoreError::Format {
                         path: path.to_path_buf(),
-                        found: String::from_utf8_lossy(&v).into_owned(),
+                        found: String::from_utf8_lossy(v).into_owned(),
                         expected: String::from_utf8_lossy(codec::FORMAT).into_owned(),
                     });
                 }
             }
             Key::Session(c) => {
                 parts.entry(c).or_default().record =
-                    Some(codec::decode_session(&v, clock).map_err(bad)?);
+                    Some(codec::decode_session(v, clock).map_err(bad)?);
             }
             Key::Message(c, seq) => {
                 max_seq = max_seq.max(seq);
-                let d = codec::decode_delivery(&v, clock).map_err(bad)?;
-                parts.entry(c).or_default().messages.insert(seq, (k, d));
+                let delivery = codec::decode_delivery(v, clock).map_err(bad)?;
+                let p = parts.entry(c).or_default();
+                let inflight = p.inflight.remove(&seq);
+                if inflight.is_some() || (p.queued_kept < RESTORE_RESIDENT && p.spilled.is_none()) {
+                    p.queued_kept += usize::from(inflight.is_none());
+                    p.messages.push(RestoredMessage {
+                        seq,
+                        delivery,
+                        inflight,
+                    });
+                } else {
+                    let size =
+                        (delivery.message.topic.len() + delivery.message.payload.len()) as u64;
+                    let s = p.spilled.get_or_insert(SpilledQueue {
+                        count: 0,
+                        bytes: 0,
+                        first_seq: seq,
+                    });
+                    s.count += 1;
+                    s.bytes += size;
+                }
             }
             Key::Inflight(c, seq) => {
                 max_seq = max_seq.max(seq);
-                let state = codec::decode_inflight(&v).map_err(bad)?;
-                parts.entry(c).or_default().inflight.insert(seq, (k, state));
+                let state = codec::decode_inflight(v).map_err(bad)?;
+                parts.entry(c).or_default().inflight.insert(seq, state);
             }
-            Key::Qos2(c, id) => parts.entry(c).or_default().qos2.push((k, id)),
+            Key::Qos2(c, id) => parts.entry(c).or_default().qos2.push(id),
             Key::Retained(_) => restored
                 .retained
-                .push(codec::decode_retained(&v, clock).map_err(bad)?),
+                .push(codec::decode_retained(v, clock).map_err(bad)?),
         }
+        Ok(())
+    };
+    backend.scan(&mut |k, v| match visit(k, v) {
+        Ok(()) => std::ops::ControlFlow::Continue(()),
+        Err(e) => {
+            failure = Some(e);
+            std::ops::ControlFlow::Break(())
+        }
+    })?;
+    if let Some(e) = failure {
+        return Err(e);
     }
     let mut orphans = Vec::new();
-    for (_, mut p) in parts {
-        let Some(record) = p.record.take() else {
-            orphans.extend(p.messages.into_values().map(|(k, _)| k));
-            orphans.extend(p.inflight.into_values().map(|(k, _)| k));
-            orphans.extend(p.qos2.into_iter().map(|(k, _)| k));
+    for (client, p) in parts {
+        let Some(record) = p.record else {
+            // Records of no session: deleted, whatever they are.
+            for kind in [b'M', b'F', b'Q'] {
+                orphans.push(KvOp::DeletePrefix(codec::client_prefix(kind, &client)));
+            }
             continue;
         };
-        let mut messages = Vec::with_capacity(p.messages.len());
-        for (seq, (_, delivery)) in p.messages {
-            let inflight = p.inflight.remove(&seq).map(|(_, s)| s);
-            messages.push(RestoredMessage {
-                seq,
-                delivery,
-                inflight,
-            });
-        }
         // Inflight states whose message is gone.
-        orphans.extend(p.inflight.into_values().map(|(k, _)| k));
+        for seq in p.inflight.into_keys() {
+            orphans.push(KvOp::Delete(codec::seq_key(b'F', &client, seq)));
+        }
         restored.sessions.push(RestoredSession {
             record,
-            messages,
-            incoming_qos2: p.qos2.into_iter().map(|(_, id)| id).collect(),
+            messages: p.messages,
+            spilled: p.spilled,
+            incoming_qos2: p.qos2,
         });
     }
     Ok((restored, max_seq, orphans))
@@ -568,6 +652,19 @@ impl Persistence for SharedStore {
 
     fn submit(&self, op: StoreOp) -> Option<CommitTicket> {
         self.0.submit(op)
+    }
+
+    fn submit_fenced(&self, op: StoreOp) -> (Option<CommitTicket>, Option<CommitTicket>) {
+        self.0.submit_fenced(op)
+    }
+
+    fn load_queue(
+        &self,
+        client_id: &str,
+        from_seq: u64,
+        max: usize,
+    ) -> Result<Vec<(u64, Delivery)>, LoadError> {
+        self.0.load_queue(client_id, from_seq, max)
     }
 
     fn next_seq(&self) -> u64 {

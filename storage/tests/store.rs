@@ -57,6 +57,12 @@ fn client(id: &str) -> ClientInfo {
     }
 }
 
+/// Admit `m` from a publisher client; the ticket its acknowledgement waits for.
+fn admit(b: &Broker, m: Message, now: Instant) -> Option<tributary_core::storage::CommitTicket> {
+    let mut p = b.publisher(client("pub"));
+    b.admit(&mut p, m, now).ticket
+}
+
 fn request(id: &str, clean: bool, expiry: u32) -> SessionRequest {
     SessionRequest {
         client: client(id),
@@ -107,18 +113,15 @@ fn offline_session_queue_and_retained_survive_a_reopen() {
             .expect("subscribes");
         let mut last = None;
         for i in 0..10 {
-            let mut congested = Vec::new();
             let mut ticket = None;
             let qos = if i % 2 == 0 {
                 QoS::AtLeastOnce
             } else {
                 QoS::ExactlyOnce
             };
-            b.publish_durable(
-                msg("t/a", &format!("m{i}"), qos, false),
-                now,
-                &mut congested,
-                &mut ticket,
+            ticket = tributary_core::storage::later(
+                ticket,
+                admit(&b, msg("t/a", &format!("m{i}"), qos, false), now),
             );
             assert!(
                 ticket.is_some(),
@@ -126,21 +129,11 @@ fn offline_session_queue_and_retained_survive_a_reopen() {
             );
             last = ticket;
         }
-        let mut ticket = None;
-        b.publish_durable(
-            msg("t/r", "kept", QoS::AtMostOnce, true),
-            now,
-            &mut Vec::new(),
-            &mut ticket,
-        );
-        let mut ticket0 = None;
-        b.publish_durable(
-            msg("t/q0", "zero", QoS::AtMostOnce, false),
-            now,
-            &mut Vec::new(),
-            &mut ticket0,
-        );
-        wait_durable(&store, tributary_core::storage::later(last, ticket));
+        let retained = admit(&b, msg("t/r", "kept", QoS::AtMostOnce, true), now);
+        let zero = admit(&b, msg("t/q0", "zero", QoS::AtMostOnce, false), now);
+        assert!(zero.is_some(), "an offline session's queue is in the store");
+        let all = [last, retained, zero].into_iter().flatten().max();
+        wait_durable(&store, all);
         store.close();
     }
     let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("reopens");
@@ -148,14 +141,16 @@ fn offline_session_queue_and_retained_survive_a_reopen() {
     let s = &restored.sessions[0];
     assert_eq!(&*s.record.client_id, "sub");
     assert_eq!(s.record.subscriptions.len(), 1);
-    // QoS 0 deliveries were queued in memory only; the retained QoS 0
-    // message itself is kept.
+    // The offline session's whole queue was in the store, QoS 0 included
+    // (the retained QoS 0 message reached it too).
     let payloads: Vec<_> = s
         .messages
         .iter()
         .map(|m| m.delivery.message.payload.clone())
         .collect();
-    let expected: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("m{i}"))).collect();
+    let mut expected: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("m{i}"))).collect();
+    expected.push(Bytes::from("kept"));
+    expected.push(Bytes::from("zero"));
     assert_eq!(payloads, expected);
     assert_eq!(restored.retained.len(), 1);
     let b = broker(store, restored, now);
@@ -164,7 +159,7 @@ fn offline_session_queue_and_retained_survive_a_reopen() {
     let out = opened
         .handle
         .take_for_send(now, 100, 100, b.metrics(), |_| true);
-    assert_eq!(out.len(), 10);
+    assert_eq!(out.len(), 12);
     // Subscriptions are active again.
     assert_eq!(
         b.publish(msg("t/b", "after", QoS::AtLeastOnce, false), now),
@@ -229,12 +224,10 @@ fn expired_sessions_and_messages_are_dropped_on_restore() {
         let mut m = msg("t", "brief", QoS::AtLeastOnce, false);
         m.expires_at = Some(now + Duration::from_secs(1));
         let mut ticket = None;
-        b.publish_durable(m, now, &mut Vec::new(), &mut ticket);
-        b.publish_durable(
-            msg("t", "stays", QoS::AtLeastOnce, false),
-            now,
-            &mut Vec::new(),
-            &mut ticket,
+        ticket = tributary_core::storage::later(ticket, admit(&b, m, now));
+        ticket = tributary_core::storage::later(
+            ticket,
+            admit(&b, msg("t", "stays", QoS::AtLeastOnce, false), now),
         );
         wait_durable(&store, ticket);
         store.close();
@@ -267,11 +260,9 @@ fn acknowledged_messages_are_deleted_and_compaction_reclaims_space() {
     for round in 0..20 {
         let mut ticket = None;
         for _ in 0..100 {
-            b.publish_durable(
-                msg("t", &payload, QoS::AtLeastOnce, false),
-                now,
-                &mut Vec::new(),
-                &mut ticket,
+            ticket = tributary_core::storage::later(
+                ticket,
+                admit(&b, msg("t", &payload, QoS::AtLeastOnce, false), now),
             );
         }
         wait_durable(&store, ticket);
@@ -291,11 +282,14 @@ fn acknowledged_messages_are_deleted_and_compaction_reclaims_space() {
     drop(b);
     drop(store);
     let mut backend = FjallBackend::open(&dir.0).expect("opens");
-    let records = backend.scan().expect("scans");
-    assert!(
-        records.iter().all(|(k, _)| k[0] != b'M' && k[0] != b'F'),
-        "no message left after every acknowledgement"
-    );
+    let mut left = 0;
+    backend
+        .scan(&mut |k, _| {
+            left += usize::from(k[0] == b'M' || k[0] == b'F');
+            std::ops::ControlFlow::Continue(())
+        })
+        .expect("scans");
+    assert_eq!(left, 0, "no message left after every acknowledgement");
     backend.compact().expect("compacts");
     assert!(backend.disk_bytes() > 0);
 }
@@ -332,6 +326,20 @@ fn an_unreadable_store_directory_fails_the_open() {
     assert!(open_fjall(&dir.0, StoreOptions::default()).is_err());
 }
 
+/// Reads of an engine that holds nothing.
+struct NoReads;
+
+impl tributary_storage::backend::BackendReader for NoReads {
+    fn range(
+        &self,
+        _prefix: &[u8],
+        _from: &[u8],
+        _max: usize,
+    ) -> Result<tributary_storage::backend::Records, tributary_storage::BackendError> {
+        Ok(Vec::new())
+    }
+}
+
 /// An engine that accepts its first `ok` batches, then fails every write as
 /// a full disk would.
 struct FullDisk {
@@ -357,8 +365,14 @@ impl Backend for FullDisk {
     fn sync(&mut self) -> Result<(), tributary_storage::BackendError> {
         Ok(())
     }
-    fn scan(&self) -> Result<tributary_storage::backend::Records, tributary_storage::BackendError> {
-        Ok(Vec::new())
+    fn scan(
+        &self,
+        _visit: tributary_storage::backend::Visit<'_>,
+    ) -> Result<(), tributary_storage::BackendError> {
+        Ok(())
+    }
+    fn reader(&self) -> Arc<dyn tributary_storage::backend::BackendReader> {
+        Arc::new(NoReads)
     }
     fn disk_bytes(&self) -> u64 {
         0
@@ -385,13 +399,14 @@ fn a_full_disk_fails_the_tickets_and_the_broker_keeps_running() {
     b.subscribe(&o.handle, "t", SubOptions::at(QoS::AtLeastOnce), now)
         .expect("subscribes");
     let mut ticket = None;
-    let queued = b.publish_durable(
-        msg("t", "x", QoS::AtLeastOnce, false),
-        now,
-        &mut Vec::new(),
-        &mut ticket,
+    let mut p = b.publisher(client("pub"));
+    let a = b.admit(&mut p, msg("t", "x", QoS::AtLeastOnce, false), now);
+    ticket = tributary_core::storage::later(ticket, a.ticket);
+    assert_eq!(
+        a.verdict,
+        tributary_core::intake::Verdict::Accepted,
+        "routing does not depend on the disk"
     );
-    assert_eq!(queued, 1, "routing does not depend on the disk");
     let (Some(commits), Some(t)) = (store.commits(), ticket) else {
         panic!("a persistent delivery is ticketed");
     };
@@ -448,18 +463,16 @@ fn a_pending_delayed_will_survives_a_reopen_and_fires_when_due() {
         );
         // A later durable write covers the session record written before it.
         let mut ticket = None;
-        b.publish_durable(
-            msg("wills/x", "marker", QoS::AtLeastOnce, false),
-            now,
-            &mut Vec::new(),
-            &mut ticket,
+        ticket = tributary_core::storage::later(
+            ticket,
+            admit(&b, msg("wills/x", "marker", QoS::AtLeastOnce, false), now),
         );
         wait_durable(&store, ticket);
         store.close();
     }
     let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("reopens");
     let later = Instant::now();
-    let b = broker(store, restored, later);
+    let b = broker(store.clone(), restored, later);
     b.tick(later + Duration::from_secs(2));
     assert_eq!(
         b.metrics()
@@ -469,13 +482,136 @@ fn a_pending_delayed_will_survives_a_reopen_and_fires_when_due() {
         "the delayed will fires after the restart"
     );
     let w = b.open_session(request("watcher", false, 3600), later);
-    let got: Vec<_> = w
-        .handle
-        .take_for_send(later + Duration::from_secs(2), 10, 10, b.metrics(), |_| {
-            true
-        })
-        .into_iter()
-        .map(|o| o.delivery.message.payload.clone())
-        .collect();
+    let take = || {
+        w.handle
+            .take_for_send(later + Duration::from_secs(2), 10, 10, b.metrics(), |_| {
+                true
+            })
+            .into_iter()
+            .map(|o| o.delivery.message.payload.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut got = take();
+    // The will reached the offline watcher's queue in the store only: it is
+    // read back once its write is committed.
+    if let Some(t) = w.handle.refill_ticket() {
+        wait_durable(&store, Some(t));
+        got.extend(take());
+    }
     assert_eq!(got, vec![Bytes::from("marker"), Bytes::from("gone")]);
+}
+
+/// Take and acknowledge everything `handle` has, waiting for the store
+/// whenever the spilled part of the queue is not committed yet.
+fn drain_acked(
+    b: &Broker,
+    store: &DurableStore,
+    handle: &tributary_core::SessionHandle,
+    now: Instant,
+) -> Vec<Bytes> {
+    let mut got = Vec::new();
+    loop {
+        let out = handle.take_for_send(now, 500, 500, b.metrics(), |_| true);
+        if out.is_empty() {
+            match handle.refill_ticket() {
+                Some(t) => wait_durable(store, Some(t)),
+                None => return got,
+            }
+            continue;
+        }
+        for o in out {
+            if let Some(id) = o.packet_id {
+                handle.acknowledge(id);
+            }
+            got.push(o.delivery.message.payload.clone());
+        }
+    }
+}
+
+#[test]
+fn an_offline_queue_lives_in_the_store_and_comes_back_in_order_after_a_reopen() {
+    let dir = TempDir::new("spill");
+    let now = Instant::now();
+    let n = 5_000;
+    {
+        let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("opens");
+        let b = broker(store.clone(), restored, now);
+        let o = b.open_session(request("sub", true, 3600), now);
+        b.subscribe(&o.handle, "t", SubOptions::at(QoS::AtLeastOnce), now)
+            .expect("subscribes");
+        b.close_session(&o.handle, CloseKind::Abnormal, now);
+        let mut last = None;
+        for i in 0..n {
+            last = tributary_core::storage::later(
+                last,
+                admit(&b, msg("t", &format!("m{i}"), QoS::AtLeastOnce, false), now),
+            );
+        }
+        let session = &o.handle.session;
+        assert_eq!(session.queue_len(), n);
+        assert_eq!(session.resident_len(), 0, "nothing of it in memory");
+        assert_eq!(
+            session.queue_bytes(),
+            (0..n).map(|i| 1 + format!("m{i}").len() as u64).sum()
+        );
+        wait_durable(&store, last);
+        store.close();
+    }
+    let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("reopens");
+    let s = &restored.sessions[0];
+    assert_eq!(s.messages.len(), tributary_storage::store::RESTORE_RESIDENT);
+    assert_eq!(
+        s.spilled.map(|q| q.count),
+        Some(n - tributary_storage::store::RESTORE_RESIDENT)
+    );
+    let b = broker(store.clone(), restored, now);
+    let opened = b.open_session(request("sub", false, 3600), now);
+    assert_eq!(opened.handle.session.queue_len(), n);
+    let got = drain_acked(&b, &store, &opened.handle, now);
+    let expected: Vec<Bytes> = (0..n).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(got.len(), n);
+    assert!(got == expected, "every message, once, in order");
+    assert_eq!(opened.handle.session.queue_len(), 0);
+}
+
+#[test]
+fn drop_oldest_on_a_spilled_queue_counts_at_once_and_deletes_when_reached() {
+    let dir = TempDir::new("spill-drop");
+    let now = Instant::now();
+    let (store, restored) = open_fjall(&dir.0, StoreOptions::default()).expect("opens");
+    let b = Broker::with_seams(
+        BrokerConfig {
+            queue: tributary_core::session::QueueLimits {
+                max_len: 10,
+                ..Default::default()
+            },
+            ..BrokerConfig::default()
+        },
+        Box::new(AllowAll),
+        Box::new(RuleAuthorizer::allow_all()),
+        Box::new(SharedStore(store.clone())),
+        Box::new(SingleNode),
+    );
+    b.restore(restored, now);
+    let o = b.open_session(request("sub", true, 3600), now);
+    b.subscribe(&o.handle, "t", SubOptions::at(QoS::AtLeastOnce), now)
+        .expect("subscribes");
+    b.close_session(&o.handle, CloseKind::Abnormal, now);
+    for i in 0..25 {
+        admit(&b, msg("t", &format!("m{i}"), QoS::AtLeastOnce, false), now);
+    }
+    let session = o.handle.session.clone();
+    assert_eq!(session.queue_len(), 10);
+    assert_eq!(
+        session
+            .drop_counts()
+            .get(tributary_core::session::DropReason::QueueFull),
+        15
+    );
+    let opened = b.open_session(request("sub", false, 3600), now);
+    let got = drain_acked(&b, &store, &opened.handle, now);
+    let expected: Vec<Bytes> = (15..25).map(|i| Bytes::from(format!("m{i}"))).collect();
+    assert_eq!(got, expected, "the newest ten, in order");
+    assert_eq!(session.queue_len(), 0);
+    assert_eq!(session.queue_bytes(), 0);
 }

@@ -31,6 +31,7 @@ pub fn broker_with_queue(max_len: usize, store_qos0: bool, overflow: Overflow) -
             max_len,
             store_qos0,
             overflow,
+            ..QueueLimits::default()
         },
         ..BrokerConfig::default()
     })
