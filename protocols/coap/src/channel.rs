@@ -30,7 +30,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::debug;
+use tributary_core::ack::HeldAcks;
 use tributary_core::auth::{AuthFuture, AuthOutcome};
+use tributary_core::connection::Limit;
+use tributary_core::intake::Publisher;
+use tributary_core::storage::{CommitTicket, Commits, TicketState};
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, QoS, SessionHandle,
 };
@@ -139,11 +143,11 @@ pub(crate) struct PeerSession {
     pub(crate) mountpoint: String,
 }
 
-/// A `/mqtt/connection` connection.
+/// A `/mqtt/connection` connection; the driver's watchdog closes it after
+/// 1.5 × `heartbeat` without a request that proves it.
 #[derive(Debug)]
 pub(crate) struct Connection {
     pub(crate) token: String,
-    pub(crate) expires: Instant,
 }
 
 /// A refused request: the response code and a diagnostic (RFC 7252 §5.5.2).
@@ -200,6 +204,16 @@ pub struct Channel {
     /// driver, the request it holds and the credentials it is about, the
     /// answer once known, and datagrams that arrived meanwhile.
     pub(crate) auth: AuthWait,
+    /// The side of the core's intake of the client publishing now (rates,
+    /// congestion); replaced when another client id publishes.
+    pub(crate) intake: Option<Publisher>,
+    /// Responses to publishes, held until their store writes are durable.
+    pub(crate) held: HeldAcks<(Message, Message)>,
+    /// The ticket of the publish being handled, for its response.
+    pub(crate) admitted: Option<CommitTicket>,
+    /// The datagram being handled proved the peer's connection (or showed
+    /// life without one): it restarts the driver's idle window.
+    pub(crate) proved: bool,
 }
 
 /// A request parked while an authentication backend decides.
@@ -247,6 +261,10 @@ impl Channel {
             conn: None,
             etag: 0,
             auth: AuthWait::default(),
+            intake: None,
+            held: HeldAcks::new(broker.persistence().commits()),
+            admitted: None,
+            proved: false,
             broker,
             config,
             peer,
@@ -293,7 +311,7 @@ impl Channel {
     pub fn next_deadline(&self) -> Option<Instant> {
         [
             self.layer.next_deadline(),
-            self.conn.as_ref().map(|c| c.expires),
+            self.intake.as_ref().and_then(Publisher::throttled_until),
             self.block1.next_deadline(),
             self.block2.next_deadline(),
         ]
@@ -341,8 +359,16 @@ impl Channel {
         }
     }
 
-    /// One datagram from the peer.
-    pub fn handle_datagram(&mut self, data: &[u8], now: Instant) {
+    /// One datagram from the peer. True when it proved the peer's
+    /// connection (a request with its clientid and token, or any request
+    /// without a connection): the driver's idle window starts again.
+    pub fn handle_datagram(&mut self, data: &[u8], now: Instant) -> bool {
+        self.proved = false;
+        self.receive(data, now);
+        self.proved
+    }
+
+    fn receive(&mut self, data: &[u8], now: Instant) {
         if self.is_authenticating() {
             if self.auth.held.len() < HELD_DATAGRAMS {
                 self.auth.held.push_back(Bytes::copy_from_slice(data));
@@ -379,8 +405,17 @@ impl Channel {
     }
 
     fn handle_request(&mut self, m: Message, now: Instant) {
+        self.admitted = None;
         match self.route(&m, now) {
-            Ok(Some(r)) => self.reply(&m, r, now),
+            Ok(Some(r)) => match self.admitted.take() {
+                // A publish the store must keep: answered once it is durable.
+                Some(ticket) => {
+                    if let Some(((m, r), state)) = self.held.hold((m.clone(), r), Some(ticket)) {
+                        self.answer_durable(&m, r, state, now);
+                    }
+                }
+                None => self.reply(&m, r, now),
+            },
             Ok(None) => {}
             Err(reject) if reject.parked => {
                 self.auth.request = Some(m);
@@ -454,13 +489,98 @@ impl Channel {
                 self.release(&key, now);
             }
         }
-        if self.conn.as_ref().is_some_and(|c| c.expires <= now) {
-            debug!(peer = %self.peer, client_id = ?self.client_id(), "no heartbeat; connection closed");
-            self.end_observations("connection expired", now);
-            self.forget_session(Some(CloseKind::Abnormal), now);
+        if let Some(intake) = self.intake.as_mut() {
+            intake.resume(now);
         }
         self.block1.expire(now);
         self.block2.expire(now);
+    }
+
+    /// The driver's watchdog tripped `limit`: a connection without
+    /// heartbeat ends (its observers are told, 5.03).
+    pub fn handle_limit(&mut self, limit: Limit, now: Instant) {
+        debug!(peer = %self.peer, client_id = ?self.client_id(), limit = limit.name(), "connection closed");
+        self.end_observations("connection expired", now);
+        self.forget_session(Some(CloseKind::Abnormal), now);
+    }
+
+    /// How long a `/mqtt/connection` connection lives without a request
+    /// that proves it; `None` without one.
+    pub fn heartbeat_window(&self) -> Option<Duration> {
+        self.conn
+            .as_ref()
+            .map(|_| self.config.heartbeat.mul_f64(1.5))
+    }
+
+    /// Responses waiting for the store, and the ticket of the oldest.
+    pub fn held_commit(&self) -> Option<(Arc<Commits>, CommitTicket)> {
+        let commits = self.held.commits()?.clone();
+        let refill = self.session.as_ref().and_then(|s| s.handle.refill_ticket());
+        let ticket = match (self.held.oldest(), refill) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some((commits, ticket))
+    }
+
+    /// True when so many responses wait for the store that the driver
+    /// should stop feeding datagrams.
+    pub fn holds_too_many(&self) -> bool {
+        self.held.is_full()
+    }
+
+    /// Input is paused until then (over the client's rate, throttle mode).
+    pub fn read_paused_until(&self) -> Option<Instant> {
+        self.intake.as_ref().and_then(Publisher::throttled_until)
+    }
+
+    /// True when a publish filled a subscriber's mailbox.
+    pub fn is_backpressured(&self) -> bool {
+        self.intake.as_ref().is_some_and(Publisher::is_congested)
+    }
+
+    /// The sessions to wait for before reading more from this peer.
+    pub fn take_backpressure(&mut self) -> Vec<Arc<tributary_core::session::Session>> {
+        self.intake
+            .as_mut()
+            .map(Publisher::take_congestion)
+            .unwrap_or_default()
+    }
+
+    /// Answer the publishes whose commits are done, in order, and take
+    /// deliveries a spilled queue was waiting to read back.
+    pub fn release_durable(&mut self, now: Instant) {
+        while let Some(((request, response), state)) = self.held.release() {
+            self.answer_durable(&request, response, state, now);
+        }
+        if self
+            .session
+            .as_ref()
+            .is_some_and(|s| s.handle.refill_ticket().is_some())
+        {
+            self.poll_deliveries(now);
+        }
+    }
+
+    /// The response to a publish whose store write is done; a failed
+    /// write is refused (5.03): the message is not kept.
+    fn answer_durable(
+        &mut self,
+        request: &Message,
+        response: Message,
+        state: TicketState,
+        now: Instant,
+    ) {
+        if state == TicketState::Failed {
+            let m = self.broker.metrics();
+            m.inc(&m.store_refused);
+            return self.rescue(
+                request,
+                Reject::new(Code::SERVICE_UNAVAILABLE, "the message could not be stored"),
+                now,
+            );
+        }
+        self.reply(request, response, now);
     }
 
     /// The server is shutting down: observers are told (5.03), the session closed.
@@ -500,10 +620,7 @@ impl Channel {
         for t in tokens {
             self.observers.deregister(t, &mut self.layer);
         }
-        if self.conn.take().is_some() {
-            let m = self.broker.metrics();
-            m.dec(&m.connections);
-        }
+        self.conn = None;
         if let Some(s) = self.session.take() {
             if let Some(kind) = close {
                 self.broker.close_session(&s.handle, kind, now);

@@ -18,6 +18,8 @@
 //! - [`channel`]: one peer's state — its core session, its connection,
 //!   its observers — and the single error-to-response point.
 //! - `resources`: `/ps/{topic}`, `/mqtt/connection`, `/.well-known/core`.
+//! - `connection`: the channel behind the core's connection contract, for
+//!   the gateway's one datagram driver.
 //! - [`query`]: query parameters (`clientid`/`c`, …) and percent-decoding.
 //! - [`content`]: Content-Format ⇄ MQTT 5 content type and payload format.
 #![warn(missing_docs)]
@@ -25,6 +27,7 @@
 pub mod block;
 pub mod channel;
 pub mod codec;
+mod connection;
 pub mod content;
 pub mod layer;
 pub mod msg;

@@ -66,6 +66,8 @@ impl Code {
     pub const REQUEST_ENTITY_TOO_LARGE: Code = Code(0x8D);
     /// 4.15 Unsupported Content-Format.
     pub const UNSUPPORTED_CONTENT_FORMAT: Code = Code(0x8F);
+    /// 4.29 Too Many Requests (RFC 8516).
+    pub const TOO_MANY_REQUESTS: Code = Code(0x9D);
     /// 5.00 Internal Server Error.
     pub const INTERNAL_SERVER_ERROR: Code = Code(0xA0);
     /// 5.01 Not Implemented.

@@ -13,6 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tracing::{debug, info};
 use tributary_core::auth::{Action, AuthCheck, AuthOutcome};
+use tributary_core::intake::Verdict;
 use tributary_core::topic::has_wildcard;
 use tributary_core::{ClientInfo, CloseKind, Delivery, SessionRequest, SubOptions};
 
@@ -105,17 +106,18 @@ impl Channel {
     /// Who sends this request: the peer's connection (checked against
     /// `clientid`/`token`), or a connectionless client authenticated from
     /// the query.
-    fn identify(&mut self, q: &Query, now: Instant) -> Result<Identity, Reject> {
+    fn identify(&mut self, q: &Query) -> Result<Identity, Reject> {
         let unauthorized = |why| Reject::new(Code::UNAUTHORIZED, why);
-        if let (Some(conn), Some(s)) = (&mut self.conn, &self.session) {
+        if let (Some(conn), Some(s)) = (&self.conn, &self.session) {
             let given = (q.clientid.as_deref(), q.token.as_deref());
             let valid = given.0 == Some(&*s.client.client_id) && given.1 == Some(&conn.token);
             if valid || (given == (None, None) && !self.config.connection_required) {
-                conn.expires = now + self.config.heartbeat.mul_f64(1.5);
-                return Ok(Identity {
+                let identity = Identity {
                     client: s.client.clone(),
                     mountpoint: s.mountpoint.clone(),
-                });
+                };
+                self.proved = true;
+                return Ok(identity);
             }
             return Err(unauthorized("bad clientid or token"));
         }
@@ -197,7 +199,7 @@ impl Channel {
     }
 
     fn publish(&mut self, m: &Message, topic: &str, q: &Query, now: Instant) -> Handled {
-        let id = self.identify(q, now)?;
+        let id = self.identify(q)?;
         let mut block1_done = None;
         let payload = match m.option(opt::BLOCK1) {
             Some(raw) => {
@@ -260,19 +262,36 @@ impl Channel {
         if self.broker.check_topic_name(&full).is_err() {
             return Err(bad("invalid topic name"));
         }
-        if !self.broker.authorize(&id.client, Action::Publish, &full) {
-            return Err(Reject::new(Code::FORBIDDEN, "publish not authorized"));
-        }
         let qos = q
             .qos
             .unwrap_or_else(|| self.config.publish_qos.for_request(m.mtype));
         let mut message =
             tributary_core::Message::new(full, payload, qos, q.retain.unwrap_or(false));
-        message.publisher = Some(id.client.client_id.clone());
         message.properties = content::to_properties(m.content_format());
         let message = message.with_expiry_interval(q.expiry, now);
-        self.broker.metrics().message_in("coap", message.qos);
-        self.broker.publish(message, now);
+        if self
+            .intake
+            .as_ref()
+            .is_none_or(|p| p.client().client_id != id.client.client_id)
+        {
+            self.intake = Some(self.broker.publisher(id.client.clone()));
+        }
+        let Some(intake) = self.intake.as_mut() else {
+            return Err(Reject::new(Code::INTERNAL_SERVER_ERROR, "no intake"));
+        };
+        let admission = self.broker.admit(intake, message, now);
+        match admission.verdict {
+            Verdict::Accepted | Verdict::NoSubscribers => {}
+            Verdict::Denied => return Err(Reject::new(Code::FORBIDDEN, "publish not authorized")),
+            Verdict::RateExceeded => {
+                return Err(Reject::new(
+                    Code::TOO_MANY_REQUESTS,
+                    "message rate exceeded",
+                ))
+            }
+        }
+        // The response waits for what the store must keep.
+        self.admitted = admission.ticket;
         let mut r = response(Code::CHANGED);
         if let Some(block) = block1_done {
             r.add_option(
@@ -320,7 +339,7 @@ impl Channel {
             // As EMQX: an observation is identified by its token.
             return Err(bad("Observe needs a non-empty token"));
         }
-        let id = self.identify(q, now)?;
+        let id = self.identify(q)?;
         if topic.is_empty() {
             return Err(bad("no topic filter: GET /ps/{filter}"));
         }
@@ -383,7 +402,7 @@ impl Channel {
     }
 
     fn unsubscribe(&mut self, m: &Message, topic: &str, q: &Query, now: Instant) -> Handled {
-        let id = self.identify(q, now)?;
+        let id = self.identify(q)?;
         if let Some(key) = self.observers.deregister(m.token, &mut self.layer) {
             debug!(peer = %self.peer, filter = %key.filter, "observation cancelled");
             self.release(&key, now);
@@ -419,7 +438,7 @@ impl Channel {
                 return self.serve(rep, num, szx, path, now).map(Some);
             }
         }
-        let id = self.identify(q, now)?;
+        let id = self.identify(q)?;
         if topic.is_empty() || has_wildcard(topic) {
             return Err(bad("GET without Observe reads one topic name"));
         }
@@ -555,11 +574,8 @@ impl Channel {
                 });
                 self.conn = Some(Connection {
                     token: token.clone(),
-                    expires: now + self.config.heartbeat.mul_f64(1.5),
                 });
-                let metrics = self.broker.metrics();
-                metrics.inc(&metrics.connections);
-                metrics.inc(&metrics.connections_total);
+                self.proved = true;
                 info!(peer = %self.peer, client_id = %client_id, "CoAP connection created");
                 let mut r = response(Code::CREATED);
                 r.add_uint_option(opt::CONTENT_FORMAT, 0);
@@ -578,9 +594,8 @@ impl Channel {
                     return Err(unauthorized("no such connection, or bad token"));
                 }
                 if m.code == Code::PUT {
-                    if let Some(c) = &mut self.conn {
-                        c.expires = now + self.config.heartbeat.mul_f64(1.5);
-                    }
+                    // The heartbeat: the datagram proves the connection.
+                    self.proved = true;
                     return Ok(Some(response(Code::CHANGED)));
                 }
                 info!(peer = %self.peer, client_id = ?self.client_id(), "CoAP connection closed");

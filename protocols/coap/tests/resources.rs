@@ -12,6 +12,7 @@ use tributary_coap::msg::opt;
 use tributary_coap::{ChannelConfig, Code, MessageType, QosPolicy};
 use tributary_core::auth::{AclRule, AllowAll, Permission, RuleAction, RuleAuthorizer, Who};
 use tributary_core::cluster::SingleNode;
+use tributary_core::connection::Limit;
 use tributary_core::storage::MemoryPersistence;
 use tributary_core::{Broker, BrokerConfig, QoS};
 
@@ -252,12 +253,22 @@ fn connection_expires_without_heartbeat() {
         Code::CONTENT
     );
     assert_eq!(p.broker.session_count(), 1);
-    p.advance(Duration::from_secs(16));
+    // Still inside 1.5 × heartbeat: nothing trips.
+    p.advance(Duration::from_secs(14));
+    assert!(p.channel.is_connected());
+    assert!(p.limits.is_empty());
+    let out = p.advance(Duration::from_secs(2));
+    assert_eq!(p.limits, vec![Limit::IdleTimeout]);
     assert!(!p.channel.is_connected());
     assert_eq!(p.channel.observer_count(), 0);
     assert_eq!(p.broker.session_count(), 0);
-    // The observer was told its observation ended.
     assert_eq!(p.broker.subscription_list().len(), 0);
+    // The observer was told its observation ended.
+    assert!(
+        out.iter()
+            .any(|m| m.code == Code::SERVICE_UNAVAILABLE && m.token.as_bytes() == [1]),
+        "{out:?}"
+    );
 }
 
 #[test]

@@ -24,7 +24,9 @@ pub mod objects;
 pub mod senml;
 pub mod tlv;
 
-pub use device::{Device, DeviceConfig, Directory, NoDirectory, Remote, Topics, UpdatePublish};
+pub use device::{
+    Device, DeviceConfig, DeviceInput, Directory, NoDirectory, Remote, Topics, UpdatePublish,
+};
 pub use objects::Registry;
 
 /// Decode any payload a device may send (fuzzing entry point): every

@@ -4,6 +4,8 @@
 
 mod support;
 
+use tributary_core::intake::RateLimits;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -233,11 +235,17 @@ fn transport_username_replaces_the_connects() {
 
 #[test]
 fn message_rate_disconnects_with_0x96() {
-    let mut h = Harness::with_config(ChannelConfig {
-        messages_rate: 2,
-        disconnect_on_rate_exceeded: true,
-        ..ChannelConfig::default()
-    });
+    let mut h = Harness::with_broker(
+        Broker::new(BrokerConfig {
+            rates: RateLimits {
+                messages_rate: 2,
+                bytes_rate: 0,
+                disconnect: true,
+            },
+            ..BrokerConfig::default()
+        }),
+        ChannelConfig::default(),
+    );
     let c = h.connected(connect_v5("fast"));
     h.send(c, publish("t", b"1"));
     h.send(c, publish("t", b"2"));
@@ -253,11 +261,17 @@ fn message_rate_disconnects_with_0x96() {
 
 #[test]
 fn message_rate_refills_over_time() {
-    let mut h = Harness::with_config(ChannelConfig {
-        messages_rate: 2,
-        disconnect_on_rate_exceeded: true,
-        ..ChannelConfig::default()
-    });
+    let mut h = Harness::with_broker(
+        Broker::new(BrokerConfig {
+            rates: RateLimits {
+                messages_rate: 2,
+                bytes_rate: 0,
+                disconnect: true,
+            },
+            ..BrokerConfig::default()
+        }),
+        ChannelConfig::default(),
+    );
     let c = h.connected(connect_v5("steady"));
     for _ in 0..6 {
         h.send(c, publish("t", b"x"));
@@ -268,10 +282,17 @@ fn message_rate_refills_over_time() {
 
 #[test]
 fn throttle_pauses_input_until_the_bucket_refills() {
-    let mut h = Harness::with_config(ChannelConfig {
-        messages_rate: 2,
-        ..ChannelConfig::default()
-    });
+    let mut h = Harness::with_broker(
+        Broker::new(BrokerConfig {
+            rates: RateLimits {
+                messages_rate: 2,
+                bytes_rate: 0,
+                disconnect: false,
+            },
+            ..BrokerConfig::default()
+        }),
+        ChannelConfig::default(),
+    );
     let c = h.connected(connect("throttled"));
     h.send(c, publish("t", b"1"));
     h.send(c, publish("t", b"2"));
@@ -287,10 +308,17 @@ fn throttle_pauses_input_until_the_bucket_refills() {
 
 #[test]
 fn byte_rate_counts_payloads() {
-    let mut h = Harness::with_config(ChannelConfig {
-        bytes_rate: 1000,
-        ..ChannelConfig::default()
-    });
+    let mut h = Harness::with_broker(
+        Broker::new(BrokerConfig {
+            rates: RateLimits {
+                messages_rate: 0,
+                bytes_rate: 1000,
+                disconnect: false,
+            },
+            ..BrokerConfig::default()
+        }),
+        ChannelConfig::default(),
+    );
     let c = h.connected(connect("bytes"));
     h.send(c, publish("t", &[0u8; 999]));
     assert_eq!(h.channel(c).read_paused_until(), None);

@@ -5,15 +5,12 @@
 //!   short name is published as QoS 0 (§6.8), a CONNECT creates a client,
 //!   anything needing a session is answered with DISCONNECT so the client
 //!   knows to reconnect, the rest is dropped.
-//! - [`ClientTable`]: clients by address (and forwarder node id, §5.5),
-//!   bounded: when full, the longest-idle client idle for at least
-//!   `idle_timeout` is evicted; if none is, the CONNECT is refused with
-//!   "rejected: congestion". A flood of CONNECTs from spoofed addresses
-//!   therefore costs at most `max_clients` entries.
+//! - [`ClientKey`]: who a client is (its address, and its forwarder's
+//!   node id, §5.5); the gateway's datagram driver keeps the bounded
+//!   table of clients by it.
 //! - [`Advertiser`]: periodic ADVERTISE (§6.1) with the interval in seconds.
-//! - [`Stats`]: datagrams dropped, refused, evicted — counted, never silent.
+//! - [`Stats`]: what the gateway answered or dropped itself — counted, never silent.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tracing::debug;
-use tributary_core::auth::Action;
 use tributary_core::{Broker, ClientInfo, Message};
 
 use crate::channel::ChannelConfig;
@@ -30,22 +26,14 @@ use crate::packet::{Packet, Publish, QoS, TopicIdType};
 /// Gateway-level counters (all monotonic).
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Datagrams received.
-    pub datagrams_received: AtomicU64,
     /// Datagrams that failed to decode (also counted in the core's `packets_malformed`).
     pub datagrams_malformed: AtomicU64,
-    /// Datagrams dropped because the client's inbound queue was full.
-    pub datagrams_dropped_busy: AtomicU64,
     /// Messages from unknown clients that were dropped or answered with DISCONNECT.
     pub unknown_client: AtomicU64,
     /// QoS −1 publishes routed.
     pub qos_neg1_published: AtomicU64,
     /// QoS −1 publishes dropped (disabled, unknown id, denied).
     pub qos_neg1_dropped: AtomicU64,
-    /// Clients evicted from a full table.
-    pub clients_evicted: AtomicU64,
-    /// CONNECTs refused because the table was full.
-    pub clients_refused: AtomicU64,
 }
 
 impl Stats {
@@ -58,14 +46,10 @@ impl Stats {
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         vec![
-            ("datagrams_received", g(&self.datagrams_received)),
             ("datagrams_malformed", g(&self.datagrams_malformed)),
-            ("datagrams_dropped_busy", g(&self.datagrams_dropped_busy)),
             ("unknown_client", g(&self.unknown_client)),
             ("qos_neg1_published", g(&self.qos_neg1_published)),
             ("qos_neg1_dropped", g(&self.qos_neg1_dropped)),
-            ("clients_evicted", g(&self.clients_evicted)),
-            ("clients_refused", g(&self.clients_refused)),
         ]
     }
 }
@@ -157,9 +141,7 @@ pub fn publish_qos_neg1(
         peer,
         protocol: "mqtt-sn",
     };
-    if broker.check_topic_name(&topic).is_err()
-        || !broker.authorize(&client, Action::Publish, &topic)
-    {
+    if broker.check_topic_name(&topic).is_err() {
         Stats::inc(&stats.qos_neg1_dropped);
         return false;
     }
@@ -169,10 +151,12 @@ pub fn publish_qos_neg1(
         tributary_core::QoS::AtMostOnce,
         p.retain,
     );
-    broker
-        .metrics()
-        .message_in("mqtt-sn", tributary_core::QoS::AtMostOnce);
-    broker.publish(message, now);
+    // Through the one intake like any publish (ACL, rates, metrics).
+    let mut intake = broker.publisher(client);
+    if !broker.admit(&mut intake, message, now).accepted() {
+        Stats::inc(&stats.qos_neg1_dropped);
+        return false;
+    }
     Stats::inc(&stats.qos_neg1_published);
     true
 }
@@ -185,99 +169,6 @@ pub struct ClientKey {
     pub peer: SocketAddr,
     /// The forwarder's Wireless Node Id, when encapsulated.
     pub node_id: Option<Bytes>,
-}
-
-#[derive(Debug)]
-struct Entry<V> {
-    value: V,
-    last_seen: Instant,
-}
-
-/// The table is full and nobody has been idle long enough to evict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TableFull;
-
-/// Clients by [`ClientKey`], at most `max` of them.
-#[derive(Debug)]
-pub struct ClientTable<V> {
-    entries: HashMap<ClientKey, Entry<V>>,
-    max: usize,
-    idle_timeout: Duration,
-}
-
-impl<V> ClientTable<V> {
-    /// An empty table.
-    pub fn new(max: usize, idle_timeout: Duration) -> ClientTable<V> {
-        ClientTable {
-            entries: HashMap::new(),
-            max: max.max(1),
-            idle_timeout,
-        }
-    }
-
-    /// The client at `key`, marked as heard from at `now`.
-    pub fn touch(&mut self, key: &ClientKey, now: Instant) -> Option<&mut V> {
-        self.entries.get_mut(key).map(|e| {
-            e.last_seen = now;
-            &mut e.value
-        })
-    }
-
-    /// Add a client. When full, the longest-idle client idle for at least
-    /// `idle_timeout` is evicted (returned) to make room.
-    pub fn insert(
-        &mut self,
-        key: ClientKey,
-        value: V,
-        now: Instant,
-    ) -> Result<Option<(ClientKey, V)>, TableFull> {
-        let mut evicted = None;
-        if self.entries.len() >= self.max && !self.entries.contains_key(&key) {
-            let oldest = self
-                .entries
-                .iter()
-                .filter(|(_, e)| now.saturating_duration_since(e.last_seen) >= self.idle_timeout)
-                .min_by_key(|(_, e)| e.last_seen)
-                .map(|(k, _)| k.clone());
-            let Some(victim) = oldest else {
-                return Err(TableFull);
-            };
-            evicted = self.entries.remove(&victim).map(|e| (victim, e.value));
-        }
-        self.entries.insert(
-            key,
-            Entry {
-                value,
-                last_seen: now,
-            },
-        );
-        Ok(evicted)
-    }
-
-    /// Remove a client.
-    pub fn remove(&mut self, key: &ClientKey) -> Option<V> {
-        self.entries.remove(key).map(|e| e.value)
-    }
-
-    /// Keep only the clients for which `keep` is true.
-    pub fn retain(&mut self, mut keep: impl FnMut(&V) -> bool) {
-        self.entries.retain(|_, e| keep(&e.value));
-    }
-
-    /// Number of clients.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// True when there are none.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// Every client (shutdown).
-    pub fn drain(&mut self) -> impl Iterator<Item = V> + '_ {
-        self.entries.drain().map(|(_, e)| e.value)
-    }
 }
 
 /// Periodic ADVERTISE (§6.1, §5.4.1): sent at start, then every `interval`.
@@ -323,32 +214,6 @@ pub type SharedStats = Arc<Stats>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(port: u16) -> ClientKey {
-        ClientKey {
-            peer: SocketAddr::from(([127, 0, 0, 1], port)),
-            node_id: None,
-        }
-    }
-
-    #[test]
-    fn full_table_evicts_only_idle_clients() {
-        let t0 = Instant::now();
-        let mut t = ClientTable::new(2, Duration::from_secs(10));
-        assert_eq!(t.insert(key(1), 1, t0), Ok(None));
-        assert_eq!(t.insert(key(2), 2, t0 + Duration::from_secs(5)), Ok(None));
-        assert_eq!(
-            t.insert(key(3), 3, t0 + Duration::from_secs(6)),
-            Err(TableFull)
-        );
-        assert!(t.touch(&key(1), t0 + Duration::from_secs(7)).is_some());
-        // key(2) idle since 5 s, key(1) since 7 s: at 16 s only key(2) qualifies.
-        assert_eq!(
-            t.insert(key(3), 3, t0 + Duration::from_secs(16)),
-            Ok(Some((key(2), 2)))
-        );
-        assert_eq!(t.len(), 2);
-    }
 
     #[test]
     fn advertiser_cadence() {

@@ -13,6 +13,8 @@
 //! - [`channel`]: one client's state machine: connect and will flow,
 //!   QoS −1/0/1/2 both ways with retransmission, sleeping clients (§6.14),
 //!   will updates, keep-alive; it calls the core [`tributary_core::Broker`].
+//! - `connection`: the channel behind the core's connection contract, for
+//!   the gateway's one datagram driver.
 //! - [`gateway`]: what is not one client's: SEARCHGW/GWINFO (§6.1),
 //!   ADVERTISE, QoS −1 publishes (§6.8), and the bounded client table
 //!   with idle eviction.
@@ -24,6 +26,7 @@
 
 pub mod channel;
 pub mod codec;
+mod connection;
 pub mod gateway;
 pub mod packet;
 pub mod topics;

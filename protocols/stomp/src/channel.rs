@@ -22,10 +22,16 @@
 //! the driver decodes nothing more until it calls
 //! [`Channel::handle_auth_result`] (ADR 0011).
 //!
-//! SEND at QoS 1/2 uses [`Broker::publish_with_backpressure`]: a subscriber
-//! whose mailbox that filled is reported through
-//! [`Channel::take_backpressure`], and the driver stops reading until it has
-//! room (ADR 0009), instead of the overflow policy dropping messages.
+//! SEND enters the core through [`Broker::admit`] (the one intake): a
+//! subscriber whose mailbox a QoS 1/2 SEND filled is reported through
+//! [`Channel::take_backpressure`], and the driver stops reading until it
+//! has room or `max_pause` passes (ADR 0009, 0018). A SEND's RECEIPT
+//! leaves only once what the message made the store write is durable (the
+//! core's [`HeldAcks`]); RECEIPTs keep the order of their frames.
+//!
+//! The connect timeout and the client's heart-beat deadline are enforced
+//! by the driver's [`tributary_core::connection::Watchdog`] from what the
+//! channel reports (`connection.rs`); it calls [`Channel::handle_limit`].
 //!
 //! Mapping onto the core (see `docs/protocol-mapping.md`, `## STOMP`):
 //! - `destination` = MQTT topic with the mountpoint prepended; SUBSCRIBE
@@ -50,7 +56,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
+use tributary_core::ack::HeldAcks;
 use tributary_core::auth::{Action, AuthCheck, AuthFuture, AuthOutcome};
+use tributary_core::connection::Limit;
+use tributary_core::intake::{Publisher, Verdict};
+use tributary_core::storage::{later, CommitTicket, Commits, TicketState};
 use tributary_core::topic::matches;
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, Message, MessageProperties,
@@ -192,7 +202,8 @@ struct Pending {
 }
 
 struct Connected {
-    client: ClientInfo,
+    /// The client, with its side of the core's intake (rates, congestion).
+    intake: Publisher,
     /// By STOMP subscription id.
     subs: HashMap<String, Subscription>,
     /// Subscription number → STOMP id.
@@ -241,8 +252,8 @@ pub struct Channel {
     state: State,
     handle: Option<SessionHandle>,
     output: Vec<Output>,
-    /// Connect timeout, then the client's heart-beat deadline.
-    read_deadline: Option<Instant>,
+    /// RECEIPTs waiting for the store, in the order of their frames.
+    held: HeldAcks<Output>,
     /// Our heart-beat interval (0 = none) and when the next one is due.
     send_interval: Duration,
     heartbeat_at: Option<Instant>,
@@ -253,8 +264,6 @@ pub struct Channel {
     auth_future: Option<AuthFuture>,
     /// User name fixed by the transport (a TLS client certificate's CN).
     transport_username: Option<String>,
-    /// Subscribers whose mailboxes this connection's QoS 1/2 SENDs filled.
-    backpressure: Vec<Arc<tributary_core::session::Session>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -273,10 +282,10 @@ impl Channel {
         broker: Arc<Broker>,
         config: Arc<ChannelConfig>,
         peer: Option<SocketAddr>,
-        now: Instant,
+        _now: Instant,
     ) -> Channel {
-        let read_deadline = Some(now + config.connect_timeout);
         Channel {
+            held: HeldAcks::new(broker.persistence().commits()),
             broker,
             config,
             peer,
@@ -286,14 +295,12 @@ impl Channel {
             state: State::AwaitingConnect,
             handle: None,
             output: Vec::new(),
-            read_deadline,
             send_interval: Duration::ZERO,
             heartbeat_at: None,
             close_kind: CloseKind::Abnormal,
             persistent: false,
             auth_future: None,
             transport_username: None,
-            backpressure: Vec::new(),
         }
     }
 
@@ -327,13 +334,75 @@ impl Channel {
     /// True when a QoS 1/2 SEND filled a subscriber's mailbox
     /// ([`Channel::take_backpressure`]).
     pub fn is_backpressured(&self) -> bool {
-        !self.backpressure.is_empty()
+        matches!(&self.state, State::Connected(c) if c.intake.is_congested())
     }
 
     /// The subscribers the driver must wait for (until each has room, or a
     /// bounded time) before reading more frames.
     pub fn take_backpressure(&mut self) -> Vec<Arc<tributary_core::session::Session>> {
-        std::mem::take(&mut self.backpressure)
+        match &mut self.state {
+            State::Connected(c) => c.intake.take_congestion(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Input is paused until then (over the client's rate, throttle mode).
+    pub fn read_paused_until(&self) -> Option<Instant> {
+        match &self.state {
+            State::Connected(c) => c.intake.throttled_until(),
+            _ => None,
+        }
+    }
+
+    /// True once CONNECTED was sent.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Connected(_))
+    }
+
+    /// Time from the connection's start to its CONNECTED.
+    pub fn connect_timeout(&self) -> Duration {
+        self.config.connect_timeout
+    }
+
+    /// How long the client may stay silent: its heart-beat interval times
+    /// the grace; `None` without client heart-beats.
+    pub fn receive_window(&self) -> Option<Duration> {
+        match &self.state {
+            State::Connected(c) if !c.receive_interval.is_zero() => {
+                Some(c.receive_interval.mul_f64(self.config.heartbeat_grace))
+            }
+            _ => None,
+        }
+    }
+
+    /// The store's commit progress and the ticket the oldest held
+    /// RECEIPT waits for.
+    pub fn held_commit(&self) -> Option<(Arc<Commits>, CommitTicket)> {
+        Some((self.held.commits()?.clone(), self.held.oldest()?))
+    }
+
+    /// True when so many RECEIPTs wait for the store that reads stop.
+    pub fn holds_too_many(&self) -> bool {
+        self.held.is_full()
+    }
+
+    /// Release the RECEIPTs whose commits are done, in order; one whose
+    /// write failed becomes an ERROR (the message may be lost: the client
+    /// must not take it as delivered).
+    pub fn release_durable(&mut self, _now: Instant) {
+        while let Some((receipt, state)) = self.held.release() {
+            if state == TicketState::Failed {
+                let m = self.broker.metrics();
+                m.inc(&m.store_refused);
+                self.held.clear();
+                return self.violation(
+                    "not stored",
+                    "the message could not be written to the store".into(),
+                    None,
+                );
+            }
+            self.output.push(receipt);
+        }
     }
 
     /// The version to decode and encode with.
@@ -349,7 +418,7 @@ impl Channel {
     /// The client id once connected.
     pub fn client_id(&self) -> Option<&str> {
         match &self.state {
-            State::Connected(c) => Some(&c.client.client_id),
+            State::Connected(c) => Some(&c.intake.client().client_id),
             _ => None,
         }
     }
@@ -378,55 +447,58 @@ impl Channel {
         std::mem::take(&mut self.output)
     }
 
-    /// When the driver must call [`Channel::handle_timeout`].
+    /// When the driver must call [`Channel::handle_timeout`]: our next
+    /// heart-beat, the end of a rate pause.
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.is_closed() {
             return None;
         }
-        match (self.read_deadline, self.heartbeat_at) {
+        match (self.heartbeat_at, self.read_paused_until()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
     }
 
-    /// Bytes arrived from the client (a frame, part of one, or a heart-beat):
-    /// the client is alive. Does not extend the connect timeout.
-    pub fn handle_activity(&mut self, now: Instant) {
-        if let State::Connected(c) = &self.state {
-            if !c.receive_interval.is_zero() {
-                self.read_deadline =
-                    Some(now + c.receive_interval.mul_f64(self.config.heartbeat_grace));
-            }
-        }
-    }
-
-    /// A deadline may have passed: send a heart-beat, or close a silent client.
+    /// A deadline may have passed: send a heart-beat, end a rate pause.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.is_closed() {
             return;
         }
-        if self.read_deadline.is_some_and(|d| d <= now) {
-            match self.state {
-                State::AwaitingConnect => {
-                    debug!("no CONNECT within the connect timeout");
-                    self.state = State::Closed;
-                }
-                State::Authenticating(_) => {
-                    debug!("authentication did not answer within the connect timeout");
-                    self.auth_future = None;
-                    self.violation("not authorized", "authentication timed out".into(), None);
-                }
-                _ => self.violation(
-                    "heart-beat timeout",
-                    "no data from the client within its heart-beat interval".into(),
-                    None,
-                ),
-            }
-            return;
+        if let State::Connected(c) = &mut self.state {
+            c.intake.resume(now);
         }
         if self.heartbeat_at.is_some_and(|d| d <= now) {
             self.output.push(Output::HeartBeat);
             self.heartbeat_at = Some(now + self.send_interval);
+        }
+    }
+
+    /// The driver's watchdog tripped `limit`: ERROR (where it can still be
+    /// written), then close.
+    pub fn handle_limit(&mut self, limit: Limit, _now: Instant) {
+        match (limit, &self.state) {
+            (Limit::WriteStall, _) => {
+                self.output.clear();
+                self.close_kind = CloseKind::Abnormal;
+                self.state = State::Closed;
+            }
+            (Limit::IdleTimeout, _) => self.violation(
+                "heart-beat timeout",
+                "no data from the client within its heart-beat interval".into(),
+                None,
+            ),
+            (_, State::Authenticating(_)) => {
+                debug!("authentication did not answer within the connect timeout");
+                self.auth_future = None;
+                self.violation("not authorized", "authentication timed out".into(), None);
+            }
+            _ => {
+                debug!(
+                    limit = limit.name(),
+                    "no CONNECT within the pre-authentication budget"
+                );
+                self.state = State::Closed;
+            }
         }
     }
 
@@ -523,10 +595,17 @@ impl Channel {
     }
 
     fn receipt(&mut self, frame: &Frame) {
+        self.receipt_after(frame, None);
+    }
+
+    /// The RECEIPT `frame` asks for, once `ticket` (what the frame made the
+    /// store write) is durable, and after every RECEIPT held before it.
+    fn receipt_after(&mut self, frame: &Frame, ticket: Option<CommitTicket>) {
         if let Some(id) = frame.header("receipt") {
-            self.output.push(Output::Frame(
-                Frame::new(Command::Receipt).with("receipt-id", id),
-            ));
+            let receipt = Output::Frame(Frame::new(Command::Receipt).with("receipt-id", id));
+            if let Some((receipt, _)) = self.held.hold(receipt, ticket) {
+                self.output.push(receipt);
+            }
         }
     }
 
@@ -535,7 +614,6 @@ impl Channel {
         if self.is_closed() {
             return;
         }
-        self.handle_activity(now);
         match (&self.state, frame.command) {
             (State::AwaitingConnect, Command::Connect | Command::Stomp) => {
                 self.handle_connect(frame, now)
@@ -562,8 +640,8 @@ impl Channel {
                 self.buffer_in_transaction(frame)
             }
             (State::Connected(_), Command::Send) => {
-                if self.handle_send(&frame, now) {
-                    self.receipt(&frame);
+                if let Some(ticket) = self.handle_send(&frame, now) {
+                    self.receipt_after(&frame, ticket);
                 }
             }
             (State::Connected(_), Command::Subscribe) => self.handle_subscribe(frame, now),
@@ -595,716 +673,11 @@ impl Channel {
     }
 }
 
-// CONNECT / STOMP (1.2 §"Connecting").
-impl Channel {
-    fn handle_connect(&mut self, frame: Frame, now: Instant) {
-        let cfg = self.config.clone();
-        // Version negotiation: the highest common version; none given = 1.0.
-        let version = match frame.header("accept-version") {
-            None => Version::V1_0,
-            Some(list) => match list.split(',').filter_map(Version::parse).max() {
-                Some(v) => v,
-                None => {
-                    self.version = Version::V1_2;
-                    self.output.push(Output::Frame(
-                        error_frame(
-                            "unsupported protocol version",
-                            format!("supported protocol versions are 1.0 1.1 1.2, got {list:?}"),
-                            None,
-                        )
-                        .with("version", "1.0,1.1,1.2"),
-                    ));
-                    self.state = State::Closed;
-                    return;
-                }
-            },
-        };
-        self.version = version;
-
-        // Heart-beating (1.2 §"Heart-beating"): cx,cy from the client.
-        let (cx, cy) = match frame.header("heart-beat") {
-            None => (0, 0),
-            Some(hb) => match parse_heartbeat(hb) {
-                Some(v) => v,
-                None => {
-                    return self.violation(
-                        "invalid heart-beat header",
-                        format!("expected two comma-separated integers, got {hb:?}"),
-                        None,
-                    )
-                }
-            },
-        };
-        let sx = millis(cfg.heartbeat_send);
-        let sy = millis(cfg.heartbeat_receive);
-        let outgoing = if sx == 0 || cy == 0 { 0 } else { sx.max(cy) };
-        let incoming = if sy == 0 || cx == 0 { 0 } else { sy.max(cx) };
-
-        let given_id = frame
-            .header("client-id")
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned);
-        let client_id: Arc<str> = given_id.clone().unwrap_or_else(generated_client_id).into();
-        let client = ClientInfo {
-            client_id: client_id.clone(),
-            username: self
-                .transport_username
-                .clone()
-                .or_else(|| frame.header("login").map(str::to_owned)),
-            peer: self.peer,
-            protocol: "stomp",
-        };
-        let password = frame.header("passcode").map(str::as_bytes);
-        let parked = ParkedConnect {
-            client,
-            given_id,
-            host: frame.header("host").map(str::to_owned),
-            announce: (sx, sy),
-            outgoing,
-            incoming,
-        };
-        match self.broker.authenticator().check(&parked.client, password) {
-            AuthCheck::Ready(outcome) => self.complete_connect(parked, outcome, now),
-            AuthCheck::Pending(decision) => {
-                debug!(client_id = %parked.client.client_id, "waiting for the authentication backend");
-                self.auth_future = Some(decision);
-                self.state = State::Authenticating(Box::new(parked));
-            }
-        }
-    }
-
-    /// Authentication answered: refuse, or open the session and reply CONNECTED.
-    fn complete_connect(&mut self, parked: ParkedConnect, outcome: AuthOutcome, now: Instant) {
-        let cfg = self.config.clone();
-        let version = self.version;
-        let ParkedConnect {
-            client,
-            given_id,
-            host,
-            announce: (sx, sy),
-            outgoing,
-            incoming,
-        } = parked;
-        let client_id = client.client_id.clone();
-        match outcome {
-            AuthOutcome::Allow => {}
-            AuthOutcome::BadCredentials => {
-                return self.violation("login failed", "bad login or passcode".into(), None)
-            }
-            AuthOutcome::NotAuthorized => {
-                return self.violation("not authorized", "connection refused".into(), None)
-            }
-        }
-
-        self.persistent = given_id.is_some()
-            && cfg.unacked_on_disconnect == UnackedPolicy::Redeliver
-            && cfg.session_expiry > 0;
-        let opened = self.broker.open_session(
-            SessionRequest {
-                client: client.clone(),
-                clean_start: !self.persistent,
-                expiry_interval: if self.persistent {
-                    cfg.session_expiry
-                } else {
-                    0
-                },
-                will: None,
-            },
-            now,
-        );
-        info!(client_id = %client_id, version = version.as_str(), host = ?host,
-              session_present = opened.session_present, "STOMP client connected");
-
-        let mut connected = Frame::new(Command::Connected);
-        if version != Version::V1_0 {
-            connected.push("version", version.as_str());
-            connected.push("heart-beat", format!("{sx},{sy}"));
-        }
-        connected.push("server", cfg.server_name.clone());
-        connected.push("session", client_id.to_string());
-        self.output.push(Output::Frame(connected));
-
-        self.send_interval = Duration::from_millis(outgoing);
-        self.heartbeat_at = (outgoing > 0).then(|| now + self.send_interval);
-        let receive_interval = Duration::from_millis(incoming);
-        self.read_deadline =
-            (incoming > 0).then(|| now + receive_interval.mul_f64(cfg.heartbeat_grace));
-        // Messages left unacknowledged by an earlier connection wait for a
-        // matching SUBSCRIBE.
-        let orphans = opened
-            .resend
-            .into_iter()
-            .filter_map(|r| match r {
-                Resend::Publish(o) => Some(o),
-                Resend::PubRel(_) => None,
-            })
-            .collect();
-        self.handle = Some(opened.handle);
-        self.state = State::Connected(Box::new(Connected {
-            client,
-            subs: HashMap::new(),
-            by_num: HashMap::new(),
-            filters: HashMap::new(),
-            pending: BTreeMap::new(),
-            packet_refs: HashMap::new(),
-            orphans,
-            next_message: 1,
-            transactions: HashMap::new(),
-            receive_interval,
-        }));
-        self.poll_deliveries(now);
-    }
-}
-
-// SEND (1.2 §SEND).
-impl Channel {
-    /// Publish; false when the frame was refused (the connection is closing).
-    fn handle_send(&mut self, frame: &Frame, now: Instant) -> bool {
-        let State::Connected(conn) = &self.state else {
-            return false;
-        };
-        let receipt = frame.header("receipt");
-        let Some(destination) = frame.header("destination") else {
-            self.violation(
-                "missing destination",
-                "SEND requires a destination header".into(),
-                receipt,
-            );
-            return false;
-        };
-        let topic = format!("{}{destination}", self.config.mountpoint);
-        if self.broker.check_topic_name(&topic).is_err() {
-            self.violation(
-                "invalid destination",
-                format!("{destination:?} is not a valid topic name (no wildcards)"),
-                receipt,
-            );
-            return false;
-        }
-        let client = conn.client.clone();
-        if !self.broker.authorize(&client, Action::Publish, &topic) {
-            self.violation(
-                "not authorized",
-                format!("publishing to {destination:?} is denied"),
-                receipt,
-            );
-            return false;
-        }
-        let mut properties = MessageProperties {
-            content_type: frame.header("content-type").map(str::to_owned),
-            ..MessageProperties::default()
-        };
-        let mut seen = Vec::new();
-        for (k, v) in &frame.headers {
-            if !is_control_header(k) && !seen.contains(&k) {
-                seen.push(k);
-                properties.user_properties.push((k.clone(), v.clone()));
-            }
-        }
-        let retain = frame.header("retain") == Some("true");
-        let mut message = Message::new(topic, frame.body.clone(), self.config.send_qos, retain);
-        message.publisher = Some(client.client_id.clone());
-        message.properties = properties;
-        self.broker.metrics().message_in("stomp", message.qos);
-        if message.qos == QoS::AtMostOnce {
-            self.broker.publish(message, now);
-        } else {
-            self.broker
-                .publish_with_backpressure(message, now, &mut self.backpressure);
-        }
-        true
-    }
-}
-
-// SUBSCRIBE / UNSUBSCRIBE (1.2 §SUBSCRIBE, §UNSUBSCRIBE).
-impl Channel {
-    fn handle_subscribe(&mut self, frame: Frame, now: Instant) {
-        let receipt = frame.header("receipt");
-        let Some(destination) = frame.header("destination") else {
-            return self.violation(
-                "missing destination",
-                "SUBSCRIBE requires a destination header".into(),
-                receipt,
-            );
-        };
-        // 1.0 makes the id optional: the destination then identifies it.
-        let id = match (frame.header("id"), self.version) {
-            (Some(id), _) => id.to_owned(),
-            (None, Version::V1_0) => destination.to_owned(),
-            (None, _) => {
-                return self.violation(
-                    "missing id",
-                    "SUBSCRIBE requires an id header".into(),
-                    receipt,
-                )
-            }
-        };
-        let ack = match frame.header("ack").map(AckMode::parse) {
-            None => AckMode::Auto,
-            Some(Some(a)) => a,
-            Some(None) => {
-                return self.violation(
-                    "invalid ack mode",
-                    "ack must be auto, client or client-individual".into(),
-                    receipt,
-                )
-            }
-        };
-        let filter = mount_filter(&self.config.mountpoint, destination);
-        let plain = match self.broker.check_filter(&filter) {
-            Ok(p) => p.filter.to_owned(),
-            Err(e) => {
-                return self.violation(
-                    "invalid destination",
-                    format!("{destination:?} is not a valid topic filter: {e}"),
-                    receipt,
-                )
-            }
-        };
-        let Some(handle) = self.handle.clone() else {
-            return;
-        };
-        let cfg = self.config.clone();
-        let State::Connected(conn) = &mut self.state else {
-            return;
-        };
-        if conn.subs.contains_key(&id) {
-            return self.violation(
-                "duplicate subscription id",
-                format!("subscription {id:?} exists"),
-                receipt,
-            );
-        }
-        if conn.subs.len() >= cfg.max_subscriptions {
-            return self.violation(
-                "too many subscriptions",
-                format!(
-                    "at most {} subscriptions per connection",
-                    cfg.max_subscriptions
-                ),
-                receipt,
-            );
-        }
-        let client = conn.client.clone();
-        if !self.broker.authorize(&client, Action::Subscribe, &plain) {
-            return self.violation(
-                "not authorized",
-                format!("subscribing to {destination:?} is denied"),
-                receipt,
-            );
-        }
-        let want_retained = cfg.retained_on_subscribe || frame.header("retain") == Some("true");
-        let num = NEXT_SUBSCRIPTION.fetch_add(1, Ordering::Relaxed);
-        let State::Connected(conn) = &mut self.state else {
-            return;
-        };
-        let sharing = conn.filters.get(&filter).is_some_and(|v| !v.is_empty());
-        conn.filters.entry(filter.clone()).or_default().push(num);
-        conn.by_num.insert(num, id.clone());
-        conn.subs.insert(
-            id.clone(),
-            Subscription {
-                id: id.clone(),
-                num,
-                filter: filter.clone(),
-                ack,
-            },
-        );
-        let mut retained_direct = Vec::new();
-        if sharing {
-            // The core subscription exists already (another STOMP id on the
-            // same destination): retained messages come straight from the store.
-            if want_retained && !filter.starts_with("$share/") {
-                retained_direct = self.broker.retained_matching(&plain, now);
-            }
-        } else {
-            let mut options = SubOptions::at(cfg.subscribe_qos);
-            options.subscription_id = Some(num);
-            options.retain_handling = if want_retained { 0 } else { 2 };
-            if let Err(e) = self.broker.subscribe(&handle, &filter, options, now) {
-                return self.violation("invalid destination", e.to_string(), receipt);
-            }
-        }
-        debug!(client_id = %client.client_id, id = %id, filter = %filter, ?ack, "subscribed");
-        self.receipt(&frame);
-        for message in retained_direct {
-            let out = Outgoing {
-                packet_id: None,
-                delivery: tributary_core::Delivery {
-                    message,
-                    qos: QoS::AtMostOnce,
-                    retain: true,
-                    subscription_ids: vec![num],
-                    shared: None,
-                },
-                dup: false,
-            };
-            self.dispatch(&handle, out, now);
-        }
-        // Redeliveries from an earlier connection that this destination matches.
-        if let State::Connected(conn) = &mut self.state {
-            let (take, keep): (Vec<_>, Vec<_>) = conn
-                .orphans
-                .drain(..)
-                .partition(|o| matches(&o.delivery.message.topic, &plain));
-            conn.orphans = keep.into();
-            for mut o in take {
-                o.delivery.subscription_ids = vec![num];
-                self.dispatch(&handle, o, now);
-            }
-        }
-        self.poll_deliveries(now);
-    }
-
-    fn handle_unsubscribe(&mut self, frame: Frame, now: Instant) {
-        let receipt = frame.header("receipt");
-        let id = match (
-            frame.header("id"),
-            frame.header("destination"),
-            self.version,
-        ) {
-            (Some(id), _, _) => id.to_owned(),
-            (None, Some(dest), Version::V1_0) => dest.to_owned(),
-            _ => {
-                return self.violation(
-                    "missing id",
-                    "UNSUBSCRIBE requires an id header".into(),
-                    receipt,
-                )
-            }
-        };
-        let Some(handle) = self.handle.clone() else {
-            return;
-        };
-        let State::Connected(conn) = &mut self.state else {
-            return;
-        };
-        if let Some(sub) = conn.subs.remove(&id) {
-            conn.by_num.remove(&sub.num);
-            let nums = conn.filters.entry(sub.filter.clone()).or_default();
-            let was_primary = nums.first() == Some(&sub.num);
-            nums.retain(|n| *n != sub.num);
-            let next = nums.first().copied();
-            if next.is_none() {
-                conn.filters.remove(&sub.filter);
-            }
-            // Messages still awaiting ACK on this subscription are dropped.
-            let gone: Vec<u64> = conn
-                .pending
-                .iter()
-                .filter(|(_, p)| p.sub == sub.num)
-                .map(|(k, _)| *k)
-                .collect();
-            let mut done = Vec::new();
-            for seq in gone {
-                if let Some(p) = conn.pending.remove(&seq) {
-                    release(&mut conn.packet_refs, p.packet_id, &mut done);
-                }
-            }
-            for pid in done {
-                handle.acknowledge(pid);
-            }
-            match next {
-                None => {
-                    self.broker.unsubscribe(&handle, &sub.filter);
-                }
-                Some(n) if was_primary => {
-                    let mut options = SubOptions::at(self.config.subscribe_qos);
-                    options.subscription_id = Some(n);
-                    options.retain_handling = 2;
-                    let _ = self.broker.subscribe(&handle, &sub.filter, options, now);
-                }
-                Some(_) => {}
-            }
-            debug!(id = %sub.id, "unsubscribed");
-        }
-        self.receipt(&frame);
-        self.poll_deliveries(now);
-    }
-}
-
-// ACK / NACK (1.2 §ACK, §NACK) and transactions (§BEGIN, §COMMIT, §ABORT).
-impl Channel {
-    /// Apply an ACK or NACK; false when refused (the connection is closing).
-    fn handle_ack(&mut self, frame: &Frame) -> bool {
-        let Some(id) = frame.header("id").or_else(|| frame.header("message-id")) else {
-            self.violation(
-                "missing id",
-                format!(
-                    "{} requires an id (1.2) or message-id (1.0, 1.1) header",
-                    frame.command
-                ),
-                frame.header("receipt"),
-            );
-            return false;
-        };
-        let Some(handle) = self.handle.clone() else {
-            return false;
-        };
-        let State::Connected(conn) = &mut self.state else {
-            return false;
-        };
-        // Unknown ids (already acknowledged, auto mode) are ignored.
-        let Some(seq) = id.parse::<u64>().ok() else {
-            return true;
-        };
-        let Some(p) = conn.pending.get(&seq).copied() else {
-            return true;
-        };
-        let cumulative = conn
-            .by_num
-            .get(&p.sub)
-            .and_then(|sid| conn.subs.get(sid))
-            .is_some_and(|s| s.ack == AckMode::Client);
-        let acked: Vec<u64> = if cumulative {
-            conn.pending
-                .range(..=seq)
-                .filter(|(_, q)| q.sub == p.sub)
-                .map(|(k, _)| *k)
-                .collect()
-        } else {
-            vec![seq]
-        };
-        let mut done = Vec::new();
-        for k in acked {
-            if let Some(q) = conn.pending.remove(&k) {
-                release(&mut conn.packet_refs, q.packet_id, &mut done);
-            }
-        }
-        // NACK: the message is discarded (1.2 allows discarding); either way
-        // the core's delivery is complete.
-        for pid in done {
-            handle.acknowledge(pid);
-        }
-        true
-    }
-
-    fn buffer_in_transaction(&mut self, frame: Frame) {
-        let max = self.config.max_transaction_frames;
-        let State::Connected(conn) = &mut self.state else {
-            return;
-        };
-        let tx = frame.header("transaction").unwrap_or_default().to_owned();
-        match conn.transactions.get_mut(&tx) {
-            None => self.violation(
-                "unknown transaction",
-                format!("transaction {tx:?} was not begun"),
-                frame.header("receipt"),
-            ),
-            Some(frames) if frames.len() >= max => self.violation(
-                "transaction too large",
-                format!("at most {max} frames per transaction"),
-                frame.header("receipt"),
-            ),
-            Some(frames) => {
-                let receipt = frame.header("receipt").map(str::to_owned);
-                frames.push(frame);
-                if let Some(id) = receipt {
-                    self.output.push(Output::Frame(
-                        Frame::new(Command::Receipt).with("receipt-id", id),
-                    ));
-                }
-            }
-        }
-    }
-
-    fn handle_transaction(&mut self, frame: Frame, now: Instant) {
-        let receipt = frame.header("receipt");
-        let Some(tx) = frame.header("transaction") else {
-            return self.violation(
-                "missing transaction",
-                format!("{} requires a transaction header", frame.command),
-                receipt,
-            );
-        };
-        let max = self.config.max_transactions;
-        let State::Connected(conn) = &mut self.state else {
-            return;
-        };
-        match frame.command {
-            Command::Begin => {
-                if conn.transactions.contains_key(tx) {
-                    return self.violation(
-                        "transaction exists",
-                        format!("transaction {tx:?} is already open"),
-                        receipt,
-                    );
-                }
-                if conn.transactions.len() >= max {
-                    return self.violation(
-                        "too many transactions",
-                        format!("at most {max} open transactions"),
-                        receipt,
-                    );
-                }
-                conn.transactions.insert(tx.to_owned(), Vec::new());
-            }
-            Command::Commit => {
-                let Some(frames) = conn.transactions.remove(tx) else {
-                    return self.violation(
-                        "unknown transaction",
-                        format!("transaction {tx:?} was not begun"),
-                        receipt,
-                    );
-                };
-                for f in frames {
-                    let ok = match f.command {
-                        Command::Send => self.handle_send(&f, now),
-                        _ => self.handle_ack(&f),
-                    };
-                    if !ok {
-                        return;
-                    }
-                }
-                self.poll_deliveries(now);
-            }
-            _ => {
-                if conn.transactions.remove(tx).is_none() {
-                    return self.violation(
-                        "unknown transaction",
-                        format!("transaction {tx:?} was not begun"),
-                        receipt,
-                    );
-                }
-            }
-        }
-        self.receipt(&frame);
-    }
-}
-
-// Deliveries → MESSAGE frames.
-impl Channel {
-    /// Turn pending deliveries into MESSAGE frames within the window.
-    pub fn poll_deliveries(&mut self, now: Instant) {
-        let Some(handle) = self.handle.clone() else {
-            return;
-        };
-        let window = self.config.max_inflight;
-        let mut taken = 0;
-        // Auto-mode deliveries complete as they are written, freeing the
-        // window again: keep taking until nothing more fits this turn.
-        while taken < SEND_BATCH {
-            let State::Connected(conn) = &self.state else {
-                return;
-            };
-            let acking = conn.subs.values().any(|s| s.ack != AckMode::Auto);
-            let room = if acking {
-                window.saturating_sub(conn.pending.len())
-            } else {
-                SEND_BATCH
-            };
-            let max = (SEND_BATCH - taken).min(room);
-            if max == 0 {
-                return;
-            }
-            let outgoing = handle.take_for_send(now, max, window, self.broker.metrics(), |_| true);
-            if outgoing.is_empty() {
-                return;
-            }
-            taken += outgoing.len();
-            for out in outgoing {
-                self.dispatch(&handle, out, now);
-            }
-        }
-        if handle.has_sendable(window) {
-            // More is waiting: come back after the socket has had its turn.
-            handle.signal.wake();
-        }
-    }
-
-    /// One core delivery → a MESSAGE per STOMP subscription it is for.
-    fn dispatch(&mut self, handle: &SessionHandle, out: Outgoing, _now: Instant) {
-        let redeliver = self.config.unacked_on_disconnect == UnackedPolicy::Redeliver;
-        let mountpoint_len = self.config.mountpoint.len();
-        let State::Connected(conn) = &mut self.state else {
-            return;
-        };
-        let mut targets: Vec<u32> = Vec::new();
-        for id in &out.delivery.subscription_ids {
-            let Some(sub) = conn.by_num.get(id).and_then(|sid| conn.subs.get(sid)) else {
-                continue;
-            };
-            for n in conn.filters.get(&sub.filter).into_iter().flatten() {
-                if !targets.contains(n) {
-                    targets.push(*n);
-                }
-            }
-        }
-        if targets.is_empty() {
-            // Its subscription is gone: keep a QoS 1 message for a later
-            // matching SUBSCRIBE (redeliver), or complete it.
-            if let Some(pid) = out.packet_id {
-                if redeliver && conn.orphans.len() < self.config.max_inflight {
-                    conn.orphans.push_back(out);
-                } else {
-                    handle.acknowledge(pid);
-                }
-            }
-            return;
-        }
-        let message = &out.delivery.message;
-        let topic = &message.topic;
-        let destination =
-            if topic.len() >= mountpoint_len && topic.starts_with(&self.config.mountpoint) {
-                &topic[mountpoint_len..]
-            } else {
-                &topic[..]
-            };
-        let mut refs = 0;
-        for num in targets {
-            let Some(sub) = conn.by_num.get(&num).and_then(|sid| conn.subs.get(sid)) else {
-                continue;
-            };
-            let seq = conn.next_message;
-            conn.next_message += 1;
-            let message_id = seq.to_string();
-            let mut f = Frame::new(Command::Message)
-                .with("subscription", sub.id.clone())
-                .with("message-id", message_id.clone())
-                .with("destination", destination);
-            if sub.ack != AckMode::Auto {
-                if self.version == Version::V1_2 {
-                    f.push("ack", message_id);
-                }
-                conn.pending.insert(
-                    seq,
-                    Pending {
-                        sub: num,
-                        packet_id: out.packet_id,
-                    },
-                );
-                refs += 1;
-            }
-            if let Some(ct) = &message.properties.content_type {
-                f.push("content-type", ct.clone());
-            }
-            f.push("content-length", message.payload.len().to_string());
-            if out.dup {
-                f.push("redelivered", "true");
-            }
-            if out.delivery.retain {
-                f.push("retain", "true");
-            }
-            for (k, v) in &message.properties.user_properties {
-                if !is_control_header(k) && !f.headers.iter().any(|(n, _)| n == k) {
-                    f.push(k.clone(), v.clone());
-                }
-            }
-            f.body = message.payload.clone();
-            self.broker.metrics().message_out("stomp", out.delivery.qos);
-            self.output.push(Output::Frame(f));
-        }
-        match out.packet_id {
-            Some(pid) if refs > 0 => {
-                *conn.packet_refs.entry(pid).or_default() += refs;
-            }
-            Some(pid) => {
-                handle.acknowledge(pid);
-            }
-            None => {}
-        }
-    }
-}
+mod ack;
+mod connect;
+mod deliver;
+mod send;
+mod subscribe;
 
 /// One fewer STOMP message outstanding for `packet_id`; collects ids whose
 /// core delivery is now complete.

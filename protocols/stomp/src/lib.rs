@@ -9,13 +9,17 @@
 //!   heart-beat negotiation, SEND, SUBSCRIBE, ACK/NACK with the three ack
 //!   modes, receipts, transactions, ERROR-then-close on violations.
 //!
-//! Transports (TCP, WebSocket, SockJS) live in the gateway; they all drive
-//! the same [`channel::Channel`].
+//! - [`connection`]: the channel behind the core's connection contract
+//!   (decoding, encoding, what the driver waits for).
+//!
+//! Transports (TCP, TLS, WebSocket, SockJS) live in the gateway; its one
+//! stream driver runs the same [`channel::Channel`] over each.
 
 #![warn(missing_docs)]
 
 pub mod channel;
 pub mod codec;
+pub mod connection;
 pub mod frame;
 
 pub use channel::{AckMode, Channel, ChannelConfig, Output, UnackedPolicy};

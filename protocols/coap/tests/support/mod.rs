@@ -1,5 +1,7 @@
 //! Test support: a message-builder DSL, a peer harness driving one
-//! [`Channel`] with virtual time, and an in-core MQTT-like subscriber.
+//! [`Channel`] with virtual time (with the drivers' [`Watchdog`] for the
+//! `/mqtt/connection` heartbeat window, as the gateway's datagram driver
+//! does), and an in-core MQTT-like subscriber.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -11,6 +13,7 @@ use tributary_coap::block::BlockValue;
 use tributary_coap::codec::{decode, encode};
 use tributary_coap::msg::opt;
 use tributary_coap::{Channel, ChannelConfig, Code, Message, MessageType, Token};
+use tributary_core::connection::{Connection, Limit, Watchdog};
 use tributary_core::{
     Broker, BrokerConfig, ClientInfo, Delivery, Message as CoreMessage, QoS, SessionHandle,
     SessionRequest, SubOptions,
@@ -88,6 +91,10 @@ impl Req {
 pub struct Peer {
     pub broker: Arc<Broker>,
     pub channel: Channel,
+    /// The driver's limits (here: the heartbeat window).
+    pub watchdog: Watchdog,
+    /// Limits the watchdog tripped, in order.
+    pub limits: Vec<Limit>,
     pub start: Instant,
     pub now: Instant,
 }
@@ -106,6 +113,8 @@ impl Peer {
         Peer {
             channel: Channel::new(broker.clone(), Arc::new(config), addr(), 42),
             broker,
+            watchdog: Watchdog::new(now),
+            limits: Vec::new(),
             start: now,
             now,
         }
@@ -117,7 +126,40 @@ impl Peer {
     }
 
     pub fn send_raw(&mut self, data: &[u8]) -> Vec<Message> {
-        self.channel.handle_datagram(data, self.now);
+        let alive = self.channel.handle_datagram(data, self.now);
+        self.watchdog.input(data.len(), alive, self.now);
+        self.check();
+        self.output()
+    }
+
+    /// The next instant something is due: the channel's or the watchdog's.
+    pub fn deadline(&self) -> Option<Instant> {
+        [
+            Connection::next_deadline(&self.channel),
+            self.watchdog.deadline(&self.channel),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Let the watchdog trip what is due now (as the driver does after
+    /// every event). The peer stays in the driver's table afterwards (a
+    /// CoAP channel is never closed), so a fresh watchdog watches it on.
+    pub fn check(&mut self) {
+        if let Some(limit) = self
+            .watchdog
+            .check(&mut self.channel, self.broker.metrics(), self.now)
+        {
+            self.limits.push(limit);
+            self.watchdog = Watchdog::new(self.now);
+        }
+    }
+
+    /// A store commit is done: what waited for it goes out (the driver's
+    /// `handle_commit` once `commit_wait` resolves).
+    pub fn commit(&mut self) -> Vec<Message> {
+        Connection::handle_commit(&mut self.channel, self.now);
         self.output()
     }
 
@@ -142,19 +184,25 @@ impl Peer {
         self.output()
     }
 
-    /// Advance the virtual clock by `d`, firing every deadline on the way.
+    /// Advance the virtual clock by `d`, firing every deadline on the way
+    /// (the channel's timers and the watchdog's limits).
     pub fn advance(&mut self, d: Duration) -> Vec<Message> {
         let end = self.now + d;
         let mut out = Vec::new();
-        while let Some(at) = self.channel.next_deadline().filter(|at| *at <= end) {
+        while let Some(at) = self.deadline().filter(|at| *at <= end) {
             self.now = at.max(self.now);
-            self.channel.handle_timeout(self.now);
+            self.tick();
             out.extend(self.output());
         }
         self.now = end;
-        self.channel.handle_timeout(self.now);
+        self.tick();
         out.extend(self.output());
         out
+    }
+
+    fn tick(&mut self) {
+        self.channel.handle_timeout(self.now);
+        self.check();
     }
 
     /// Publish from the core side (an MQTT client, say).

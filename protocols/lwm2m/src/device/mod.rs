@@ -28,6 +28,12 @@
 //! command arriving to a full buffer is refused with 5.03 on `up/resp`)
 //! and go out when the device next talks (typically its Update). Requests
 //! in flight are bounded by `max_inflight`; more wait in the same buffer.
+//!
+//! Everything the gateway publishes for the device goes through the core's
+//! intake ([`Broker::admit`]) with the registration's [`Publisher`]: ACL,
+//! rates, metrics and routing in one place; sessions the events filled are
+//! the driver's to wait for ([`Device::take_congestion`]). `connection`
+//! puts the device behind the core's connection contract.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -41,13 +47,18 @@ use tributary_coap::block::{Assembled, Assembler, BlockError, BlockValue};
 use tributary_coap::layer::{response, MessageLayer, Received, TransmissionParams};
 use tributary_coap::msg::{opt, Code, Message, MessageType, Token};
 use tributary_core::auth::{Action, AuthOutcome};
+use tributary_core::intake::{Publisher, Verdict};
+use tributary_core::session::Session;
 use tributary_core::{
     Broker, ClientInfo, CloseKind, ConnectionSignal, KickReason, QoS, SessionHandle,
     SessionRequest, SubOptions,
 };
 
+mod connection;
 mod registration;
 mod requests;
+
+pub use connection::DeviceInput;
 
 use crate::command::{self, Command, Op, Target};
 use crate::content;
@@ -208,7 +219,9 @@ struct Registration {
     expires: Instant,
     last_seen: Instant,
     handle: SessionHandle,
-    client: ClientInfo,
+    /// The registration's side of the core's intake (its client, rates,
+    /// the sessions its events filled); dropped with the registration.
+    publisher: Publisher,
     mountpoint: String,
 }
 
@@ -358,25 +371,48 @@ impl Device {
         self.reg.is_none() && self.layer.is_idle() && self.block1.is_empty()
     }
 
-    fn publish(&self, suffix: &str, body: &Json) {
-        let Some(r) = &self.reg else { return };
-        let topic = format!("{}{}", r.mountpoint, suffix);
-        if !self.broker.authorize(&r.client, Action::Publish, &topic) {
-            debug!(ep = %r.ep, %topic, "publish not authorized; event dropped");
-            return;
-        }
-        let payload = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-        let mut m = tributary_core::Message::new(topic, payload, self.config.publish_qos, false);
-        m.publisher = Some(r.client.client_id.clone());
-        self.broker.publish(m, self.clock);
+    /// True when the device's events filled a subscriber's mailbox: the
+    /// driver stops reading until [`Device::take_congestion`] has room.
+    pub fn is_congested(&self) -> bool {
+        self.reg
+            .as_ref()
+            .is_some_and(|r| r.publisher.is_congested())
     }
 
-    /// One datagram from the peer.
-    pub fn handle_datagram(&mut self, data: &[u8], now: Instant) {
+    /// The sessions the device's events filled (each to wait for until it
+    /// has room, or the broker's `max_pause`).
+    pub fn take_congestion(&mut self) -> Vec<Arc<Session>> {
+        self.reg
+            .as_mut()
+            .map(|r| r.publisher.take_congestion())
+            .unwrap_or_default()
+    }
+
+    /// Publish an event under the registration's mountpoint, through the
+    /// core's intake.
+    fn publish(&mut self, suffix: &str, body: &Json) {
+        let Some(r) = &mut self.reg else { return };
+        let topic = format!("{}{}", r.mountpoint, suffix);
+        let payload = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let m = tributary_core::Message::new(topic, payload, self.config.publish_qos, false);
+        // No acknowledgement of the device's waits for the store: the
+        // admission's ticket is not needed.
+        let admission = self.broker.admit(&mut r.publisher, m, self.clock);
+        match admission.verdict {
+            Verdict::Accepted | Verdict::NoSubscribers => {}
+            Verdict::Denied => debug!(ep = %r.ep, "publish not authorized; event dropped"),
+            Verdict::RateExceeded => debug!(ep = %r.ep, "message rate exceeded; event dropped"),
+        }
+    }
+
+    /// One datagram from the peer. True when it was a well-formed message
+    /// (the peer showed life).
+    pub fn handle_datagram(&mut self, data: &[u8], now: Instant) -> bool {
         self.clock = now;
         let received = self.layer.receive(data, now);
+        let alive = !matches!(received, Received::Malformed(_) | Received::Ignored);
         if let Some(r) = &mut self.reg {
-            if !matches!(received, Received::Malformed(_) | Received::Ignored) {
+            if alive {
                 r.last_seen = now;
             }
         }
@@ -413,6 +449,7 @@ impl Device {
             Received::Duplicate | Received::Ping | Received::Ignored => {}
         }
         self.flush_queue(now);
+        alive
     }
 
     /// The core woke the peer: commands, or a kick.

@@ -167,7 +167,7 @@ impl Device {
             expires: now + life,
             last_seen: now,
             handle: opened.handle,
-            client,
+            publisher: self.broker.publisher(client),
             mountpoint,
         });
         self.directory.claim(&ep, self.peer);

@@ -8,7 +8,7 @@ use super::*;
 
 impl Device {
     pub(super) fn answer_locally(
-        &self,
+        &mut self,
         cmd: &Command,
         code: Code,
         code_msg: Option<&str>,

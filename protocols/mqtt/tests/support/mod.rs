@@ -21,7 +21,8 @@
 //!
 //! Time is an `Instant` taken once plus an offset moved only by
 //! [`Harness::advance`], which fires `handle_timeout` on every channel and
-//! `Broker::tick`.
+//! `Broker::tick`. Each connection has the drivers' [`Watchdog`] (connect
+//! timeout, keep alive), fed and checked as the drivers do.
 
 #![allow(dead_code)]
 
@@ -33,6 +34,7 @@ use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use tributary_core::connection::Watchdog;
 use tributary_core::{Broker, BrokerConfig, ConnectionSignal};
 use tributary_mqtt::channel::{Channel, ChannelConfig};
 use tributary_mqtt::codec::{decode, encode, DecodeError};
@@ -393,6 +395,8 @@ pub struct Conn(usize);
 
 struct Client {
     channel: Channel,
+    /// The driver's limits: connect timeout, keep alive.
+    watchdog: Watchdog,
     /// Packets the server wrote to this client, not yet taken by the test.
     inbox: VecDeque<Packet>,
     /// The driver called `finish` (transport closed).
@@ -460,8 +464,10 @@ impl Harness {
             Some(peer),
             self.now(),
         );
+        let watchdog = Watchdog::new(self.now());
         self.clients.push(Client {
             channel,
+            watchdog,
             inbox: VecDeque::new(),
             finished: false,
             max_packet_size: None,
@@ -512,6 +518,8 @@ impl Harness {
 
     /// Feed raw bytes to the server's reader for `c`.
     pub fn send_bytes(&mut self, c: Conn, bytes: &[u8]) {
+        let now = self.now();
+        self.client_mut(c).watchdog.input(bytes.len(), false, now);
         let mut buf = BytesMut::from(bytes);
         loop {
             let client = self.client(c);
@@ -534,7 +542,9 @@ impl Harness {
     /// Hand a packet to the channel without the codec.
     pub fn send_decoded(&mut self, c: Conn, packet: Packet) {
         let now = self.now();
-        self.client_mut(c).channel.handle_packet(packet, now);
+        let client = self.client_mut(c);
+        client.watchdog.input(0, true, now);
+        client.channel.handle_packet(packet, now);
         self.collect(c.0);
         self.pump();
     }
@@ -636,12 +646,19 @@ impl Harness {
         self.client(c).signalled_wakes
     }
 
-    /// Time from now until the channel's next deadline.
+    /// Time from now until the connection's next deadline (the channel's
+    /// or its watchdog's).
     pub fn deadline_in(&self, c: Conn) -> Option<Duration> {
         let now = self.now();
-        self.channel(c)
-            .next_deadline()
-            .map(|d| d.saturating_duration_since(now))
+        let client = self.client(c);
+        [
+            client.channel.next_deadline(),
+            client.watchdog.deadline(&client.channel),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|d| d.saturating_duration_since(now))
     }
 
     fn client(&self, c: Conn) -> &Client {
@@ -658,6 +675,11 @@ impl Harness {
     fn collect(&mut self, i: usize) -> bool {
         let now = self.now();
         let client = &mut self.clients[i];
+        if !client.finished {
+            client
+                .watchdog
+                .check(&mut client.channel, self.broker.metrics(), now);
+        }
         let output = client.channel.take_output();
         let moved = !output.is_empty();
         let version = client.channel.version();

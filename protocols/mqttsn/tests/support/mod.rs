@@ -1,5 +1,6 @@
-//! Test support: a channel driven with virtual time, a message DSL, and an
-//! MQTT-side peer that talks to the core directly.
+//! Test support: a channel driven with virtual time (with the drivers'
+//! [`Watchdog`] for the connect window, keep alive and sleep), a message
+//! DSL, and an MQTT-side peer that talks to the core directly.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tributary_core::auth::{AclRule, AllowAll, Permission, RuleAction, RuleAuthorizer, Who};
 use tributary_core::cluster::SingleNode;
+use tributary_core::connection::{Connection, Watchdog};
 use tributary_core::storage::MemoryPersistence;
 use tributary_core::{
     Broker, BrokerConfig, ClientInfo, Message, SessionHandle, SessionRequest, SubOptions,
@@ -58,6 +60,8 @@ pub fn config() -> ChannelConfig {
 pub struct Sn {
     pub ch: Channel,
     pub now: Instant,
+    pub watchdog: Watchdog,
+    broker: Arc<Broker>,
 }
 
 impl Sn {
@@ -68,27 +72,52 @@ impl Sn {
             Some("127.0.0.1:5000".parse().expect("addr")),
             t0,
         );
-        Sn { ch, now: t0 }
+        Sn {
+            ch,
+            now: t0,
+            watchdog: Watchdog::new(t0),
+            broker: broker.clone(),
+        }
     }
 
     /// Send one message; returns what the gateway answered.
     pub fn send(&mut self, p: Packet) -> Vec<Packet> {
+        self.watchdog.input(1, true, self.now);
         self.ch.handle_packet(p, self.now);
-        self.ch.take_output()
+        self.out()
     }
 
     /// Deliveries waiting in the core are flushed (the driver's wake-up).
     pub fn wake(&mut self) -> Vec<Packet> {
         self.ch.handle_wake(self.now);
-        self.ch.take_output()
+        self.out()
     }
 
-    /// Advance the clock by `d` and fire the deadline if due.
+    /// Advance the clock by `d` and fire what is due (the channel's
+    /// deadline, the watchdog's).
     pub fn advance(&mut self, d: Duration) -> Vec<Packet> {
         self.now += d;
         if self.ch.next_deadline().is_some_and(|at| at <= self.now) {
             self.ch.handle_timeout(self.now);
         }
+        self.out()
+    }
+
+    /// The next instant something is due: the channel's or the watchdog's.
+    pub fn deadline(&self) -> Option<Instant> {
+        [
+            Connection::next_deadline(&self.ch),
+            self.watchdog.deadline(&self.ch),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The output, after the watchdog had its look (as the driver does).
+    fn out(&mut self) -> Vec<Packet> {
+        self.watchdog
+            .check(&mut self.ch, self.broker.metrics(), self.now);
         self.ch.take_output()
     }
 

@@ -1,5 +1,7 @@
 //! Test support: a STOMP client driving a [`Channel`] in memory with
-//! virtual time, and a core-level peer standing in for an MQTT client.
+//! virtual time, through the connection contract and the drivers'
+//! [`Watchdog`] as the gateway does, and a core-level peer standing in for
+//! an MQTT client.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -8,11 +10,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tributary_core::auth::{AnonymousGate, RuleAuthorizer};
 use tributary_core::cluster::SingleNode;
+use tributary_core::connection::{StreamConnection, Watchdog};
 use tributary_core::storage::MemoryPersistence;
 use tributary_core::{
     Broker, BrokerConfig, ClientInfo, Message, QoS, SessionHandle, SessionRequest, SubOptions,
 };
-use tributary_stomp::codec::{decode, encode, Item, Version};
+use tributary_stomp::codec::{encode, Version};
 use tributary_stomp::{Channel, ChannelConfig, Command, Frame, Output};
 
 pub fn broker() -> Arc<Broker> {
@@ -54,6 +57,11 @@ pub fn f(command: Command, headers: &[(&str, &str)], body: &[u8]) -> Frame {
 pub struct Client {
     pub channel: Channel,
     pub now: Instant,
+    /// The driver's limits: connect timeout, the client's heart-beats.
+    pub watchdog: Watchdog,
+    broker: Arc<Broker>,
+    /// Bytes received and not yet decoded (a frame in pieces).
+    rbuf: BytesMut,
 }
 
 impl Client {
@@ -61,7 +69,21 @@ impl Client {
         Client {
             channel: Channel::new(broker.clone(), Arc::new(config), None, now),
             now,
+            watchdog: Watchdog::new(now),
+            broker: broker.clone(),
+            rbuf: BytesMut::new(),
         }
+    }
+
+    /// The connection's next deadline: the channel's or its watchdog's.
+    pub fn deadline(&self) -> Option<Instant> {
+        [
+            self.channel.next_deadline(),
+            self.watchdog.deadline(&self.channel),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Send a frame through the wire (encode, decode with the channel's
@@ -75,23 +97,9 @@ impl Client {
 
     /// Raw bytes from the client.
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<Output> {
-        let mut buf = BytesMut::from(bytes);
-        self.channel.handle_activity(self.now);
-        loop {
-            let limits = *self.channel.limits();
-            match decode(&mut buf, self.channel.version(), &limits) {
-                Ok(Some(Item::Frame(frame))) => self.channel.handle_frame(frame, self.now),
-                Ok(Some(Item::HeartBeat)) => {}
-                Ok(None) => break,
-                Err(e) => {
-                    self.channel.handle_decode_error(&e, self.now);
-                    break;
-                }
-            }
-            if self.channel.is_closed() {
-                break;
-            }
-        }
+        self.rbuf.extend_from_slice(bytes);
+        let alive = self.channel.handle_input(&mut self.rbuf, self.now);
+        self.watchdog.input(bytes.len(), alive, self.now);
         self.out()
     }
 
@@ -101,6 +109,8 @@ impl Client {
     }
 
     pub fn out(&mut self) -> Vec<Output> {
+        self.watchdog
+            .check(&mut self.channel, self.broker.metrics(), self.now);
         self.channel.take_output(self.now)
     }
 
