@@ -142,8 +142,12 @@ pub struct MqttConfig {
     /// A new connection must deliver a complete CONNECT within this; trickled bytes do not extend it. Non-zero. Default 10 s.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
-    /// Bound on messages queued per session (offline, or inflight window full). Default 1000.
+    /// Bound on messages queued per session (offline, or inflight window full). At least 1. Default 10000
+    /// (an hour of 1 msg/s). In durable mode a persistent session's offline queue lives in the store, not in memory.
     pub max_mqueue_len: u32,
+    /// Bound on the bytes (topic + payload) queued per session; whichever bound is reached first applies. At least 1.
+    /// Default 67108864 (64 MiB).
+    pub max_mqueue_bytes: u64,
     /// Whether QoS 0 messages are queued for offline sessions too. Default true.
     pub mqueue_store_qos0: bool,
     /// What a full session queue does with one more message. Default `"drop_oldest"`.
@@ -177,7 +181,8 @@ impl Default for MqttConfig {
             max_keep_alive: None,
             max_session_expiry: Duration::from_secs(2 * 3600),
             connect_timeout: Duration::from_secs(10),
-            max_mqueue_len: 1000,
+            max_mqueue_len: 10_000,
+            max_mqueue_bytes: 64 * 1024 * 1024,
             mqueue_store_qos0: true,
             mqueue_overflow: MqueueOverflow::DropOldest,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
@@ -439,6 +444,14 @@ pub struct LimitsConfig {
     pub rate_exceeded: RateExceeded,
     /// Most subscriptions one client may hold; further ones are refused (SUBACK 0x97 / 0x80). 0 = unlimited. Default 0.
     pub max_subscriptions: u32,
+    /// Longest a publisher (any protocol) stops reading because its QoS 1/2 messages filled an online subscriber's
+    /// queue; past it that subscriber's overflow policy applies. Non-zero, at most 5 s. Default 1 s.
+    #[serde(with = "duration")]
+    pub max_pause: Duration,
+    /// Longest a write may wait for a peer that stopped reading (any protocol, any transport) before the connection
+    /// is closed and counted (`limit_write_stall`). Non-zero. Default 30 s.
+    #[serde(with = "duration")]
+    pub write_stall_timeout: Duration,
 }
 
 /// What happens to a client that exceeds its message or byte rate.
@@ -460,6 +473,8 @@ impl Default for LimitsConfig {
             bytes_rate: 0,
             rate_exceeded: RateExceeded::Throttle,
             max_subscriptions: 0,
+            max_pause: Duration::from_secs(1),
+            write_stall_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -53,6 +53,17 @@ impl Config {
         self.check_listeners(&mut p);
         self.check_authorization(&mut p);
         p.at_least("limits.max_connections", self.limits.max_connections, 1);
+        p.non_zero("limits.max_pause", self.limits.max_pause);
+        if self.limits.max_pause > std::time::Duration::from_secs(5) {
+            p.push(
+                "limits.max_pause",
+                "must be at most 5s: a publisher must not wait longer on one stuck subscriber",
+            );
+        }
+        p.non_zero(
+            "limits.write_stall_timeout",
+            self.limits.write_stall_timeout,
+        );
         self.mqttsn.check(&mut p.0);
         p.0.extend(self.coap.problems());
         p.0.extend(self.lwm2m.problems());
@@ -93,6 +104,8 @@ impl Config {
         p.at_least("mqtt.receive_maximum", m.receive_maximum, 1);
         p.at_least("mqtt.max_inflight", m.max_inflight, 1);
         p.at_least("mqtt.max_awaiting_rel", m.max_awaiting_rel, 1);
+        p.at_least("mqtt.max_mqueue_len", m.max_mqueue_len, 1);
+        p.at_least("mqtt.max_mqueue_bytes", m.max_mqueue_bytes, 1);
         p.non_zero("mqtt.await_rel_timeout", m.await_rel_timeout);
         if !(m.keepalive_multiplier.is_finite() && m.keepalive_multiplier >= 1.0) {
             p.push(

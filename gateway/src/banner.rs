@@ -16,7 +16,7 @@ pub fn log(
     listeners: &[Arc<ListenerStats>],
     api: Option<SocketAddr>,
     udp: &[(&str, Option<SocketAddr>)],
-    stomp: &crate::stomp_tcp::StompAddrs,
+    stomp: &crate::stomp::StompAddrs,
 ) {
     let a = &config.authentication;
     let mut backends = Vec::new();

@@ -9,13 +9,17 @@
 //! text messages, so the SockJS drivers run over it as over an RFC 6455
 //! WebSocket ([`TextFrames`]).
 
-use std::future::Future;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use bytes::{Buf, BytesMut};
+use futures_util::{Sink, Stream};
 use md5::{Digest, Md5};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// The longest text frame accepted from a client.
 pub const MAX_FRAME: usize = 1 << 20;
@@ -34,31 +38,92 @@ pub enum Incoming {
     Closed,
 }
 
-/// A transport of text messages: an RFC 6455 WebSocket or a hixie-76 one.
-pub trait TextFrames: Send {
-    /// Send one text message; false when the transport is gone.
-    fn send_text(&mut self, text: String) -> impl Future<Output = bool> + Send;
-    /// The next message. Cancel-safe.
-    fn recv_text(&mut self) -> impl Future<Output = Incoming> + Send;
+/// A transport of text messages: an RFC 6455 WebSocket ([`Rfc6455`]) or
+/// a hixie-76 one, as polls over state it owns (so the stream driver can
+/// wait on it without a future of its own); [`send_text`], [`recv_text`]
+/// and [`close`] are the async forms.
+pub trait TextFrames: Send + Unpin {
+    /// The next message.
+    fn poll_recv_text(&mut self, cx: &mut Context<'_>) -> Poll<Incoming>;
+    /// Queue one text message; [`TextFrames::poll_flush_text`] sends it.
+    fn queue_text(&mut self, text: String);
+    /// Send what is queued; false when the transport is gone.
+    fn poll_flush_text(&mut self, cx: &mut Context<'_>) -> Poll<bool>;
     /// Send the transport's close.
-    fn close(&mut self) -> impl Future<Output = ()> + Send;
+    fn poll_close_text(&mut self, cx: &mut Context<'_>) -> Poll<()>;
 }
 
-impl TextFrames for WebSocket {
-    async fn send_text(&mut self, text: String) -> bool {
-        self.send(Message::Text(text.into())).await.is_ok()
-    }
+/// Send one text message; false when the transport is gone.
+pub async fn send_text<T: TextFrames>(t: &mut T, text: String) -> bool {
+    t.queue_text(text);
+    poll_fn(|cx| t.poll_flush_text(cx)).await
+}
 
-    async fn recv_text(&mut self) -> Incoming {
-        match self.recv().await {
-            Some(Ok(Message::Text(t))) => Incoming::Text(t.as_str().to_owned()),
-            Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => Incoming::Ignore,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Incoming::Closed,
+/// The next message. Cancel-safe.
+pub async fn recv_text<T: TextFrames>(t: &mut T) -> Incoming {
+    poll_fn(|cx| t.poll_recv_text(cx)).await
+}
+
+/// Send the transport's close.
+pub async fn close<T: TextFrames>(t: &mut T) {
+    poll_fn(|cx| t.poll_close_text(cx)).await;
+}
+
+/// An RFC 6455 WebSocket as a [`TextFrames`] transport.
+pub struct Rfc6455 {
+    ws: WebSocket,
+    queued: VecDeque<Message>,
+}
+
+impl Rfc6455 {
+    /// Wrap an upgraded WebSocket.
+    pub fn new(ws: WebSocket) -> Rfc6455 {
+        Rfc6455 {
+            ws,
+            queued: VecDeque::new(),
         }
     }
 
-    async fn close(&mut self) {
-        let _ = self.send(Message::Close(None)).await;
+    fn poll_send_queued(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        while !self.queued.is_empty() {
+            match Pin::new(&mut self.ws).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => return Poll::Pending,
+            }
+            let Some(m) = self.queued.pop_front() else {
+                break;
+            };
+            if Pin::new(&mut self.ws).start_send(m).is_err() {
+                return Poll::Ready(false);
+            }
+        }
+        Pin::new(&mut self.ws).poll_flush(cx).map(|r| r.is_ok())
+    }
+}
+
+impl TextFrames for Rfc6455 {
+    fn poll_recv_text(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
+        Pin::new(&mut self.ws).poll_next(cx).map(|m| match m {
+            Some(Ok(Message::Text(t))) => Incoming::Text(t.as_str().to_owned()),
+            Some(Ok(Message::Binary(_) | Message::Ping(_) | Message::Pong(_))) => Incoming::Ignore,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => Incoming::Closed,
+        })
+    }
+
+    fn queue_text(&mut self, text: String) {
+        self.queued.push_back(Message::Text(text.into()));
+    }
+
+    fn poll_flush_text(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        self.poll_send_queued(cx)
+    }
+
+    fn poll_close_text(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.queued.iter().any(|m| matches!(m, Message::Close(_))) {
+            self.queued.push_back(Message::Close(None));
+        }
+        self.poll_send_queued(cx).map(|_| ())
     }
 }
 
@@ -158,6 +223,8 @@ pub fn encode_text(text: &str) -> Vec<u8> {
 pub struct Hixie76<S> {
     io: S,
     rbuf: BytesMut,
+    wbuf: BytesMut,
+    closing: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Hixie76<S> {
@@ -173,34 +240,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Hixie76<S> {
         Ok(Hixie76 {
             io,
             rbuf: BytesMut::new(),
+            wbuf: BytesMut::new(),
+            closing: false,
         })
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> TextFrames for Hixie76<S> {
-    async fn send_text(&mut self, text: String) -> bool {
-        let frame = encode_text(&text);
-        self.io.write_all(&frame).await.is_ok() && self.io.flush().await.is_ok()
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Hixie76<S> {
+    fn poll_write_queued(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        while !self.wbuf.is_empty() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Ready(Ok(n)) => self.wbuf.advance(n),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Pin::new(&mut self.io).poll_flush(cx).map(|r| r.is_ok())
     }
+}
 
-    async fn recv_text(&mut self) -> Incoming {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> TextFrames for Hixie76<S> {
+    fn poll_recv_text(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
         loop {
             match decode_frame(&mut self.rbuf) {
-                Ok(Some(Frame::Text(t))) => return Incoming::Text(t),
-                Ok(Some(Frame::Close)) | Err(_) => return Incoming::Closed,
+                Ok(Some(Frame::Text(t))) => return Poll::Ready(Incoming::Text(t)),
+                Ok(Some(Frame::Close)) | Err(_) => return Poll::Ready(Incoming::Closed),
                 Ok(None) => {}
             }
-            match self.io.read_buf(&mut self.rbuf).await {
-                Ok(0) | Err(_) => return Incoming::Closed,
-                Ok(_) => {}
+            let mut chunk = [0u8; 4096];
+            let mut buf = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut self.io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    return Poll::Ready(Incoming::Closed)
+                }
+                Poll::Ready(Ok(())) => self.rbuf.extend_from_slice(buf.filled()),
+                Poll::Ready(Err(_)) => return Poll::Ready(Incoming::Closed),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
 
-    async fn close(&mut self) {
-        let _ = self.io.write_all(&[0xFF, 0x00]).await;
-        let _ = self.io.flush().await;
-        let _ = self.io.shutdown().await;
+    fn queue_text(&mut self, text: String) {
+        self.wbuf.extend_from_slice(&encode_text(&text));
+    }
+
+    fn poll_flush_text(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        self.poll_write_queued(cx)
+    }
+
+    fn poll_close_text(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.closing {
+            self.closing = true;
+            self.wbuf.extend_from_slice(&[0xFF, 0x00]);
+        }
+        if self.poll_write_queued(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Pin::new(&mut self.io).poll_shutdown(cx).map(|_| ())
     }
 }
 
@@ -277,9 +373,9 @@ mod tests {
         let k2 = key_number(KEY2).expect("key2");
         let server = tokio::spawn(async move {
             let mut ws = Hixie76::accept(server_io, k1, k2).await.expect("accept");
-            assert!(ws.send_text("o".into()).await);
-            let got = ws.recv_text().await;
-            ws.close().await;
+            assert!(send_text(&mut ws, "o".into()).await);
+            let got = recv_text(&mut ws).await;
+            close(&mut ws).await;
             got
         });
         client.write_all(b"^n:ds[4U").await.expect("key3");

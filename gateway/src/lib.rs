@@ -1,19 +1,22 @@
-//! The Tributary gateway: wiring, listeners and per-connection drivers.
+//! The Tributary gateway: wiring, listeners and the two connection drivers.
 //!
 //! # Layout
 //! - [`wiring`]: configuration → core and channel settings.
-//! - [`mqtt_tcp`]: MQTT over TCP accept loop and connection driver.
-//! - [`coap_udp`]: CoAP over UDP: datagram reader and per-peer tasks.
-//! - [`mqttsn_udp`]: MQTT-SN over UDP: datagram reader and per-client tasks.
-//! - [`lwm2m_udp`]: LwM2M over UDP: datagram reader and per-device tasks.
-//! - [`transport`], [`stream_listeners`], [`tls`], [`ws`]: MQTT over TLS,
-//!   WebSocket and secure WebSocket through the same driver as TCP.
+//! - [`listen`]: admission and the one connection count; the one TCP
+//!   accept loop.
+//! - [`drive`]: the stream driver and the datagram driver every protocol
+//!   runs on (ADR 0018).
+//! - [`transport`], [`tls`], [`ws`], [`hixie76`], [`stomp_transport`]:
+//!   what the stream driver reads and writes (TCP, TLS, WebSocket,
+//!   SockJS).
+//! - [`mqtt`]: MQTT's listeners (tcp, ssl, ws, wss).
+//! - [`stomp`], [`stomp_http`]: STOMP over TCP and TLS (61613), and over
+//!   WebSocket and SockJS on the HTTP listener (61614).
+//! - [`udp`]: MQTT-SN, CoAP and LwM2M over UDP (their demultiplexers).
 //! - [`security`]: the authentication chain (users file, JWT, HTTP, client
 //!   rules, SCRAM) and the ACL file.
 //! - [`api`]: the HTTP API on 18083 (EMQX v5 paths), Prometheus, `/status`.
 //! - [`listener_stats`]: per-listener counters and connection-rate buckets.
-//! - [`stomp_tcp`], [`stomp_http`], [`stomp_ws`]: STOMP over TCP (61613),
-//!   and over WebSocket and SockJS on the HTTP listener (61614).
 //! - [`storage`]: opens the durable store and restores what it held.
 //! - [`start`] / [`Gateway`]: start every listener and the housekeeping
 //!   task; shut down gracefully (MQTT 5 clients get DISCONNECT 0x8B).
@@ -23,24 +26,23 @@
 
 pub mod api;
 pub mod banner;
-pub mod coap_udp;
 pub mod ctl;
 pub mod der;
+pub mod drive;
 pub mod hixie76;
+pub mod listen;
 pub mod listener_stats;
 pub mod logging;
-pub mod lwm2m_udp;
-pub mod mqtt_tcp;
-pub mod mqttsn_udp;
+pub mod mqtt;
 pub mod security;
+pub mod stomp;
 pub mod stomp_http;
-pub mod stomp_tcp;
-pub mod stomp_ws;
+pub mod stomp_transport;
 pub mod storage;
-pub mod stream_listeners;
 pub mod sys;
 pub mod tls;
 pub mod transport;
+pub mod udp;
 pub mod wiring;
 pub mod ws;
 
@@ -49,7 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::info;
 use tributary_config::Config;
@@ -67,8 +69,8 @@ pub struct Gateway {
     pub coap_udp: Option<SocketAddr>,
     /// Bound LwM2M/UDP address, when enabled.
     pub lwm2m_udp: Option<SocketAddr>,
-    /// MQTT-SN gateway counters.
-    pub mqttsn_stats: Arc<tributary_mqttsn::gateway::Stats>,
+    /// The UDP gateways' counters.
+    pub udp_stats: Arc<udp::UdpStats>,
     /// Every MQTT stream listener (tcp, ssl, ws, wss) with its counters.
     pub listeners: Vec<Arc<listener_stats::ListenerStats>>,
     /// Bound HTTP API address, when enabled.
@@ -111,7 +113,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         storage::persistence(store.as_ref()),
     )?);
     if let Some(restored) = restored {
-        let (sessions, messages, retained) = broker.restore(restored, mqtt_tcp::now());
+        let (sessions, messages, retained) = broker.restore(restored, drive::now());
         info!(
             sessions,
             messages,
@@ -120,70 +122,51 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
             "restored from the store"
         );
     }
-    let channel = wiring::mqtt_channel(config);
-    let mut listeners = Vec::new();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let mut mqtt_tcp = Vec::new();
-    let global_slots = config.limits.max_connections as usize;
-    for (name, l) in &config.listeners.tcp {
-        if !l.enabled {
-            continue;
-        }
-        let listener = tokio::net::TcpListener::bind(l.bind)
-            .await
-            .with_context(|| format!("listeners.tcp.{name}.bind: cannot bind {}", l.bind))?;
-        let addr = listener.local_addr()?;
-        info!(listener = %format!("tcp:{name}"), %addr, "MQTT listener started");
-        mqtt_tcp.push((name.clone(), addr));
-        let stats = Arc::new(listener_stats::ListenerStats::new(
-            "tcp",
-            name,
-            addr,
-            "plain TCP".to_owned(),
-            l.max_conn_rate,
-        ));
-        listeners.push(stats.clone());
-        let ctx = mqtt_tcp::ListenerContext {
-            broker: broker.clone(),
-            channel: channel.clone(),
-            shutdown: shutdown_rx.clone(),
-            slots: Arc::new(Semaphore::new(
-                (l.max_connections as usize).min(global_slots),
-            )),
-            nodelay: l.tcp_nodelay,
-            stats,
-        };
-        tasks.spawn(mqtt_tcp::accept_loop(listener, ctx, format!("tcp:{name}")));
-    }
-    listeners.extend(
-        stream_listeners::start_all(config, &broker, &channel, &shutdown_rx, &mut tasks).await?,
-    );
+    let ctx = Arc::new(drive::DriveContext {
+        broker: broker.clone(),
+        shutdown: shutdown_rx.clone(),
+        write_stall: config.limits.write_stall_timeout,
+    });
+    let connections =
+        listen::Connections::new(broker.clone(), config.limits.max_connections as usize);
+    let (listeners, mqtt_tcp) = mqtt::start_all(config, &ctx, &connections, &mut tasks).await?;
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // The API runs outside `tasks` so `/status` can answer 503 while the
-    // connections drain; it is stopped after the drain.
-    let mqttsn_stats = Arc::new(tributary_mqttsn::gateway::Stats::default());
-    let coap_stats = Arc::new(coap_udp::CoapStats::default());
+    let udp_stats = Arc::new(udp::UdpStats::default());
     let mut gateways = Vec::new();
     if config.mqttsn.enabled {
-        let s = mqttsn_stats.clone();
+        let s = udp_stats.clone();
         gateways.push(api::GatewayCounters {
             gateway: "mqtt-sn",
             snapshot: Arc::new(move || {
-                s.snapshot()
-                    .into_iter()
-                    .map(|(name, v)| (name, false, v))
-                    .collect()
+                let mut all = s.mqttsn.snapshot();
+                all.extend(
+                    s.mqttsn_gateway
+                        .snapshot()
+                        .into_iter()
+                        .map(|(name, v)| (name, false, v)),
+                );
+                all
             }),
         });
     }
     if config.coap.enabled {
-        let s = coap_stats.clone();
+        let s = udp_stats.clone();
         gateways.push(api::GatewayCounters {
             gateway: "coap",
-            snapshot: Arc::new(move || s.snapshot()),
+            snapshot: Arc::new(move || s.coap.snapshot()),
         });
     }
+    if config.lwm2m.enabled {
+        let s = udp_stats.clone();
+        gateways.push(api::GatewayCounters {
+            gateway: "lwm2m",
+            snapshot: Arc::new(move || s.lwm2m.snapshot()),
+        });
+    }
+    // The API runs outside `tasks` so `/status` can answer 503 while the
+    // connections drain; it is stopped after the drain.
     let (api, api_task) = api::start(
         config,
         api::ApiState::new(config, broker.clone(), listeners.clone(), draining.clone())
@@ -191,28 +174,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
     )
     .await?;
     security::warn_if_open(config, &listeners);
-    let mut mqttsn_udp = None;
-    if config.mqttsn.enabled {
-        let sn = &config.mqttsn;
-        let socket = tokio::net::UdpSocket::bind(sn.bind)
-            .await
-            .with_context(|| format!("mqttsn.bind: cannot bind {}", sn.bind))?;
-        let addr = socket.local_addr()?;
-        info!(listener = "udp:mqttsn", %addr, "MQTT-SN gateway started");
-        mqttsn_udp = Some(addr);
-        let ctx = mqttsn_udp::MqttSnContext {
-            broker: broker.clone(),
-            channel: wiring::mqttsn_channel(config),
-            max_clients: sn.max_clients as usize,
-            advertise: sn
-                .advertise
-                .enabled
-                .then_some((sn.advertise.interval, sn.advertise.broadcast)),
-            stats: mqttsn_stats.clone(),
-            shutdown: shutdown_rx.clone(),
-        };
-        tasks.spawn(mqttsn_udp::serve(socket, ctx));
-    }
+    let udp = udp::start(config, &ctx, &connections, &udp_stats, &mut tasks).await?;
     if !config.node.sys_interval.is_zero() {
         tasks.spawn(sys::publisher(
             broker.clone(),
@@ -221,29 +183,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
             shutdown_rx.clone(),
         ));
     }
-    let mut coap_udp = None;
-    if config.coap.enabled {
-        let c = &config.coap;
-        let socket = tokio::net::UdpSocket::bind(c.bind)
-            .await
-            .with_context(|| format!("coap.bind: cannot bind {}", c.bind))?;
-        let addr = socket.local_addr()?;
-        info!(listener = "udp:coap", %addr, "CoAP gateway started");
-        coap_udp = Some(addr);
-        let ctx = coap_udp::CoapContext {
-            broker: broker.clone(),
-            channel: wiring::coap_channel(config),
-            max_peers: c.max_peers as usize,
-            peer_queue_len: c.peer_queue_len as usize,
-            stats: coap_stats.clone(),
-            shutdown: shutdown_rx.clone(),
-        };
-        tasks.spawn(coap_udp::serve(socket, ctx));
-    }
-    let lwm2m_udp = lwm2m_udp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
-    let stomp = stomp_tcp::start(config, &broker, &shutdown_rx, &mut tasks).await?;
+    let stomp = stomp::start(config, &ctx, &connections, &mut tasks).await?;
     let (stomp_tcp, stomp_ssl, stomp_http) =
         (stomp.tcp, stomp.ssl.as_ref().map(|s| s.0), stomp.http);
+    let (mqttsn_udp, coap_udp, lwm2m_udp) = (udp.mqttsn, udp.coap, udp.lwm2m);
     tasks.spawn(housekeeping(broker.clone(), shutdown_rx));
     banner::log(
         config,
@@ -260,7 +203,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
         broker,
         mqtt_tcp,
         mqttsn_udp,
-        mqttsn_stats,
+        udp_stats,
         listeners,
         api,
         stomp_tcp,
@@ -279,7 +222,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
 /// Delayed wills and session expiry, at one-second resolution or sooner.
 async fn housekeeping(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let now = mqtt_tcp::now();
+        let now = drive::now();
         let next = broker.tick(now);
         let wait = next
             .map(|at| at.saturating_duration_since(now))

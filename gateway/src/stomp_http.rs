@@ -38,14 +38,15 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, info, Instrument};
 use tributary_sockjs::frame::{self as sockjs, Wrap};
 use tributary_sockjs::{route, Attach, Route, Session, Transport};
 
+use crate::drive::now;
 use crate::hixie76::{self, Hixie76, Incoming, TextFrames};
-use crate::mqtt_tcp::now;
-use crate::stomp_ws::{self, StompShared};
+use crate::listen::Gate;
+use crate::stomp_transport::{self as stomp_ws, StompShared};
 
 /// SockJS settings of the listener.
 #[derive(Debug, Clone)]
@@ -74,18 +75,18 @@ pub struct HttpContext {
     pub stomp: StompShared,
     /// SockJS settings.
     pub sockjs: SockJsSettings,
-    /// Bounds concurrent STOMP connections (WebSocket and SockJS sessions).
-    pub slots: Arc<Semaphore>,
+    /// Admits STOMP connections (WebSocket and SockJS sessions).
+    pub gate: Arc<Gate>,
     sessions: Mutex<HashMap<(Service, String), Arc<SessionEntry>>>,
 }
 
 impl HttpContext {
     /// A context for one listener.
-    pub fn new(stomp: StompShared, sockjs: SockJsSettings, slots: Arc<Semaphore>) -> HttpContext {
+    pub fn new(stomp: StompShared, sockjs: SockJsSettings, gate: Arc<Gate>) -> HttpContext {
         HttpContext {
             stomp,
             sockjs,
-            slots,
+            gate,
             sessions: Mutex::new(HashMap::new()),
         }
     }
@@ -173,7 +174,7 @@ pub async fn serve(
     nodelay: bool,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    let mut shutdown = ctx.stomp.shutdown.clone();
+    let mut shutdown = ctx.stomp.ctx.shutdown.clone();
     tokio::spawn(sweeper(ctx.clone()));
     let app = Router::new().fallback(handle).with_state(ctx);
     let listener = listener.tap_io(move |tcp| {
@@ -195,7 +196,7 @@ pub async fn serve(
 
 /// Forget sessions nobody has received from for `disconnect_delay`.
 async fn sweeper(ctx: Arc<HttpContext>) {
-    let mut shutdown = ctx.stomp.shutdown.clone();
+    let mut shutdown = ctx.stomp.ctx.shutdown.clone();
     let period = ctx
         .sockjs
         .disconnect_delay
@@ -426,7 +427,7 @@ fn session_for(
             App::Close
         }
         Service::Stomp => {
-            let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+            let Some(permit) = ctx.gate.admit() else {
                 debug!(%peer, "STOMP connection limit reached; refusing a SockJS session");
                 state.close(1013, "Too many connections");
                 let entry = Arc::new(SessionEntry {
@@ -526,7 +527,7 @@ async fn receive(
         attach = entry.state.lock().attach();
     }
     let heartbeat = ctx.sockjs.heartbeat;
-    let mut shutdown = ctx.stomp.shutdown.clone();
+    let mut shutdown = ctx.stomp.ctx.shutdown.clone();
     let body = match (attach, prelude) {
         (Attach::Refused(frame), None) => Body::from(wrap.wrap(&frame)),
         (Attach::Refused(frame), Some(prelude)) => {
@@ -631,7 +632,8 @@ async fn incoming(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let limit = (crate::stomp_tcp::max_frame_bytes(&ctx.stomp.channel) * 8).max(1 << 20);
+    let limit =
+        (tributary_stomp::connection::max_frame_bytes(&ctx.stomp.channel.limits) * 8).max(1 << 20);
     let Ok(body) = axum::body::to_bytes(req.into_body(), limit).await else {
         return text(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -719,11 +721,11 @@ async fn raw_stomp_upgrade(ctx: Arc<HttpContext>, peer: SocketAddr, req: Request
         Ok(ws) => ws,
         Err(r) => return r,
     };
-    let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+    let Some(permit) = ctx.gate.admit() else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
     let shared = ctx.stomp.clone();
-    let max = crate::stomp_tcp::max_frame_bytes(&shared.channel);
+    let max = tributary_stomp::connection::max_frame_bytes(&shared.channel.limits);
     ws.protocols(["v12.stomp", "v11.stomp", "v10.stomp"])
         .max_message_size(max)
         .on_upgrade(move |socket| {
@@ -791,36 +793,45 @@ async fn sockjs_websocket(
     let heartbeat = ctx.sockjs.heartbeat;
     match service {
         Service::Stomp => {
-            let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+            let Some(permit) = ctx.gate.admit() else {
                 return StatusCode::SERVICE_UNAVAILABLE.into_response();
             };
             let shared = ctx.stomp.clone();
             ws.on_upgrade(move |socket| {
                 let span =
                     tracing::info_span!("conn", proto = "stomp", transport = "sockjs-ws", %peer);
-                stomp_ws::sockjs_stomp_ws(socket, peer, shared, heartbeat, permit).instrument(span)
+                stomp_ws::sockjs_stomp_ws(
+                    hixie76::Rfc6455::new(socket),
+                    peer,
+                    shared,
+                    heartbeat,
+                    permit,
+                )
+                .instrument(span)
             })
         }
         _ => {
             let close = service == Service::Close;
-            ws.on_upgrade(move |socket| test_sockjs_ws(socket, close, heartbeat))
+            ws.on_upgrade(move |socket| {
+                test_sockjs_ws(hixie76::Rfc6455::new(socket), close, heartbeat)
+            })
         }
     }
 }
 
 async fn test_sockjs_ws<T: TextFrames>(mut ws: T, close: bool, heartbeat: Duration) {
-    if !ws.send_text(sockjs::OPEN.into()).await {
+    if !hixie76::send_text(&mut ws, sockjs::OPEN.into()).await {
         return;
     }
     if close {
-        let _ = ws.send_text(sockjs::close(3000, "Go away!")).await;
-        ws.close().await;
+        let _ = hixie76::send_text(&mut ws, sockjs::close(3000, "Go away!")).await;
+        hixie76::close(&mut ws).await;
         return;
     }
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     loop {
         tokio::select! {
-            msg = ws.recv_text() => {
+            msg = hixie76::recv_text(&mut ws) => {
                 let text = match msg {
                     Incoming::Text(t) => t,
                     Incoming::Closed => return,
@@ -829,7 +840,7 @@ async fn test_sockjs_ws<T: TextFrames>(mut ws: T, close: bool, heartbeat: Durati
                 match sockjs::parse_messages(text.as_bytes(), true) {
                     Ok(msgs) if msgs.is_empty() => {}
                     Ok(msgs) => {
-                        if !ws.send_text(sockjs::messages(&msgs)).await {
+                        if !hixie76::send_text(&mut ws, sockjs::messages(&msgs)).await {
                             return;
                         }
                     }
@@ -839,7 +850,7 @@ async fn test_sockjs_ws<T: TextFrames>(mut ws: T, close: bool, heartbeat: Durati
                 }
             }
             _ = beat.tick() => {
-                if !ws.send_text(sockjs::HEARTBEAT.into()).await {
+                if !hixie76::send_text(&mut ws, sockjs::HEARTBEAT.into()).await {
                     return;
                 }
             }
@@ -885,9 +896,9 @@ fn hixie76_upgrade(
         return bad_upgrade();
     };
     let permit = if service == Service::Stomp {
-        match ctx.slots.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        match ctx.gate.admit() {
+            Some(p) => Some(p),
+            None => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
         }
     } else {
         None

@@ -36,7 +36,7 @@ pub async fn publisher(
 }
 
 fn publish_once(broker: &Broker, node: &str, uptime: Duration) {
-    let now = crate::mqtt_tcp::now();
+    let now = crate::drive::now();
     let publish = |suffix: &str, value: String| {
         let topic = format!("$SYS/brokers/{node}/{suffix}");
         broker.publish(

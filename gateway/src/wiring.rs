@@ -39,11 +39,13 @@ pub fn broker_with(
         max_topic_levels: usize::from(m.max_topic_levels),
         queue: QueueLimits {
             max_len: m.max_mqueue_len as usize,
+            max_bytes: m.max_mqueue_bytes,
             store_qos0: m.mqueue_store_qos0,
             overflow: match m.mqueue_overflow {
                 MqueueOverflow::DropOldest => Overflow::DropOldest,
                 MqueueOverflow::DropNewest => Overflow::DropNewest,
             },
+            max_pause: config.limits.max_pause,
         },
         shared_strategy: match m.shared_subscription_strategy {
             SharedStrategy::RoundRobin => tributary_core::SharedStrategy::RoundRobin,
@@ -57,6 +59,11 @@ pub fn broker_with(
         max_retained_payload: config.retainer.max_payload_size as usize,
         max_session_expiry: secs_u32(m.max_session_expiry),
         upgrade_qos: m.upgrade_qos,
+        rates: tributary_core::intake::RateLimits {
+            messages_rate: config.limits.messages_rate,
+            bytes_rate: config.limits.bytes_rate,
+            disconnect: config.limits.rate_exceeded == tributary_config::RateExceeded::Disconnect,
+        },
         sys_node: (!config.node.sys_interval.is_zero()).then(|| config.node.name.as_str().into()),
     };
     let authorizer: Box<dyn tributary_core::auth::Authorizer> =
@@ -173,10 +180,6 @@ pub fn mqtt_channel(config: &Config) -> Arc<ChannelConfig> {
         },
         retry_interval: m.retry_interval,
         await_rel_timeout: m.await_rel_timeout,
-        messages_rate: config.limits.messages_rate,
-        bytes_rate: config.limits.bytes_rate,
-        disconnect_on_rate_exceeded: config.limits.rate_exceeded
-            == tributary_config::RateExceeded::Disconnect,
         max_subscriptions: config.limits.max_subscriptions as usize,
     })
 }

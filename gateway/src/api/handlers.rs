@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tributary_core::{ClientInfo, KickReason, Message, MessageProperties, QoS};
 
 use super::{ApiError, ApiState};
-use crate::mqtt_tcp::now;
+use crate::drive::now;
 
 /// Parse a JSON body, mapping every failure to a JSON 400.
 fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -164,8 +164,8 @@ fn paged(items: Vec<Value>, q: &Page) -> Value {
     json!({"data": data, "meta": {"page": page, "limit": limit, "count": count, "hasnext": page * limit < count}})
 }
 
-fn client_json(info: &ClientInfo, online: bool, subscriptions: usize) -> Value {
-    json!({
+fn client_json(state: &ApiState, info: &ClientInfo, online: bool, subscriptions: usize) -> Value {
+    let mut v = json!({
         "clientid": &*info.client_id,
         "username": info.username,
         "connected": online,
@@ -173,7 +173,25 @@ fn client_json(info: &ClientInfo, online: bool, subscriptions: usize) -> Value {
         "port": info.peer.map(|p| p.port()),
         "proto_name": info.protocol,
         "subscriptions_cnt": subscriptions,
-    })
+    });
+    if let Some(q) = state.broker.client_queue(&info.client_id) {
+        let limits = &state.broker.config().queue;
+        let by_reason: serde_json::Map<String, Value> = tributary_core::session::DropReason::ALL
+            .iter()
+            .map(|r| (r.name().to_owned(), json!(q.dropped.get(*r))))
+            .collect();
+        // EMQX's names where it has them (mqueue_len, mqueue_max,
+        // mqueue_dropped, inflight_cnt); the rest are ours.
+        v["mqueue_len"] = json!(q.len);
+        v["mqueue_max"] = json!(limits.max_len);
+        v["mqueue_bytes"] = json!(q.bytes);
+        v["mqueue_bytes_max"] = json!(limits.max_bytes);
+        v["mqueue_resident"] = json!(q.resident);
+        v["mqueue_dropped"] = json!(q.dropped.total());
+        v["mqueue_dropped_by_reason"] = Value::Object(by_reason);
+        v["inflight_cnt"] = json!(q.inflight);
+    }
+    v
 }
 
 /// `GET /api/v5/clients`.
@@ -188,7 +206,7 @@ pub async fn clients(State(state): State<ApiState>, Query(q): Query<Page>) -> Js
                 .as_deref()
                 .is_none_or(|u| i.username.as_deref() == Some(u))
         })
-        .map(|(i, online, subs)| client_json(i, *online, *subs))
+        .map(|(i, online, subs)| client_json(&state, i, *online, *subs))
         .collect();
     Json(paged(items, &q))
 }
@@ -203,7 +221,7 @@ pub async fn client(
         .clients()
         .iter()
         .find(|(i, _, _)| *i.client_id == *id)
-        .map(|(i, online, subs)| Json(client_json(i, *online, *subs)))
+        .map(|(i, online, subs)| Json(client_json(&state, i, *online, *subs)))
         .ok_or_else(|| ApiError::not_found("CLIENTID_NOT_FOUND", format!("no client {id:?}")))
 }
 
