@@ -38,7 +38,10 @@ class DurableBroker:
     SIGKILLed and started again on the same ones."""
 
     def __init__(self, data_dir: str, durability: str = "fsync", batch_window: str = "0s",
-                 api_port: int | None = None):
+                 api_port: int | None = None, env: dict[str, str | None] | None = None):
+        """`env` overrides the settings below; a value of None removes one (so
+        `{"TRIBUTARY_MQTT__MAX_MQUEUE_LEN": None}` tests the shipped queue bound)."""
+        self.extra_env = env or {}
         self.data_dir = data_dir
         self.durability = durability
         self.batch_window = batch_window
@@ -74,6 +77,11 @@ class DurableBroker:
             "TRIBUTARY_LOG__LEVEL": "info",
             "NO_COLOR": "1",
         })
+        for k, v in self.extra_env.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = v
         args = ["--config", self.config] if self.config else []
         self.proc = subprocess.Popen([str(BIN), *args], env=env, stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=subprocess.STDOUT)
@@ -123,10 +131,11 @@ def durable(request):
     made: list[DurableBroker] = []
     dirs: list[str] = []
 
-    def make(durability: str = "fsync", batch_window: str = "0s") -> DurableBroker:
+    def make(durability: str = "fsync", batch_window: str = "0s", api_port: int | None = None,
+             env: dict[str, str | None] | None = None) -> DurableBroker:
         d = tempfile.mkdtemp(prefix="tributary-data-")
         dirs.append(d)
-        b = DurableBroker(os.path.join(d, "data"), durability, batch_window)
+        b = DurableBroker(os.path.join(d, "data"), durability, batch_window, api_port, env)
         made.append(b)
         return b
 
