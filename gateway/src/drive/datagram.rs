@@ -415,7 +415,6 @@ impl<D: Demux> Peer<D> {
         let mut paused: Option<(Vec<Arc<Session>>, Instant)> = None;
         let mut shutdown = self.ctx.shutdown.clone();
         let broker = self.ctx.broker.clone();
-        let metrics = broker.metrics();
         loop {
             self.flush(&mut out).await;
             if self.conn.is_closed() {
@@ -514,7 +513,7 @@ impl<D: Demux> Peer<D> {
                         debug!(client_id = self.conn.client_id().unwrap_or(""), "subscriber mailbox still full; resuming reads");
                         paused = None;
                     }
-                    watchdog.check(&mut self.conn, metrics, at);
+                    self.check(&mut watchdog, at);
                 }
                 _ = shutdown.changed() => {
                     self.conn.shutdown(now());
@@ -533,7 +532,20 @@ impl<D: Demux> Peer<D> {
         let at = now();
         let activity = self.conn.handle_datagram(input, at);
         watchdog.input(len, activity, at);
-        watchdog.check(&mut self.conn, self.ctx.broker.metrics(), at);
+        self.check(watchdog, at);
+    }
+
+    /// Trip what limit is due. A datagram peer outlives a tripped limit
+    /// when its protocol says so (a CoAP peer whose connection expired may
+    /// open another): its next connection gets a fresh watchdog.
+    fn check(&mut self, watchdog: &mut Watchdog, at: Instant) {
+        if watchdog
+            .check(&mut self.conn, self.ctx.broker.metrics(), at)
+            .is_some()
+            && !self.conn.is_closed()
+        {
+            *watchdog = Watchdog::new(at);
+        }
     }
 
     async fn flush(&mut self, out: &mut Transmit) {

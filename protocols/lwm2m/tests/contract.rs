@@ -176,3 +176,32 @@ fn eviction_ends_the_registration() {
     Connection::finish(&mut h.device, now);
     assert!(h.published().is_empty());
 }
+
+#[test]
+fn events_over_the_per_client_rate_pause_the_device_until_the_rate_allows() {
+    let config = BrokerConfig {
+        rates: tributary_core::intake::RateLimits {
+            messages_rate: 1,
+            bytes_rate: 0,
+            disconnect: false,
+        },
+        ..BrokerConfig::default()
+    };
+    let broker = Arc::new(Broker::new(config));
+    let mut h = Harness::with_broker(broker.clone(), DeviceConfig::default(), QoS::AtMostOnce);
+    h.register("ep=ep1&lt=60");
+    assert_eq!(Connection::read_hold(&h.device), ReadHold::Open);
+    // A second event within the second is over the rate: the device's
+    // input pauses (throttle mode), counted; the event itself is kept.
+    let out = h.request(Code::POST, "rd/ep1", "</3/0>");
+    assert_eq!(out[0].code, Code::CHANGED);
+    let ReadHold::Until(until) = Connection::read_hold(&h.device) else {
+        panic!("not throttled: {:?}", Connection::read_hold(&h.device));
+    };
+    assert!(Connection::next_deadline(&h.device).is_some_and(|d| d <= until));
+    assert_eq!(Metrics::get(&broker.metrics().rate_limited), 1);
+    assert_eq!(h.published().len(), 2);
+    // Once the pause is over, reads open again.
+    h.advance(until - h.now);
+    assert_eq!(Connection::read_hold(&h.device), ReadHold::Open);
+}

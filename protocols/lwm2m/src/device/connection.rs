@@ -101,6 +101,8 @@ impl Connection for Device {
     fn read_hold(&self) -> ReadHold {
         if self.is_congested() {
             ReadHold::Held
+        } else if let Some(until) = self.throttled_until() {
+            ReadHold::Until(until)
         } else {
             ReadHold::Open
         }

@@ -360,10 +360,19 @@ impl Device {
             self.pending.values().map(|p| p.deadline).min(),
             self.block1.next_deadline(),
             self.blocks.next_deadline(),
+            self.throttled_until(),
         ]
         .into_iter()
         .flatten()
         .min()
+    }
+
+    /// Input is paused until then: the device's events exceeded the
+    /// per-client rate (`limits.*`, throttle mode).
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.reg
+            .as_ref()
+            .and_then(|r| r.publisher.throttled_until())
     }
 
     /// Not registered and nothing remembered: the driver may drop the peer.
@@ -507,6 +516,9 @@ impl Device {
     /// Retransmissions, requests given up on, lifetime expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = now;
+        if let Some(r) = &mut self.reg {
+            r.publisher.resume(now);
+        }
         for gave_up in self.layer.handle_timeout(now) {
             if let Some(p) = self.pending.remove(&gave_up.token) {
                 self.answer_locally(
