@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::routing::FilterEntry;
 use crate::session::{
     resend_list, ClientInfo, ConnectionSignal, KickReason, QueueLimits, Resend, Session,
-    SessionHandle, Will,
+    SessionHandle, SessionWill, Will,
 };
 use crate::storage::{MemoryPersistence, Persistence, StoreOp};
 use crate::trie::Trie;
@@ -248,13 +248,12 @@ impl Broker {
                     // Offline with a delayed will pending: a new connection
                     // in time cancels it, unless the session ends now or
                     // the will (or the session's end) is already due.
-                    let due = st.will_due.is_some_and(|d| d <= now)
+                    let due = will.due.is_some_and(|d| d <= now)
                         || st.expires_at.is_some_and(|at| at <= now);
                     if req.clean_start || due {
                         wills.push(will);
                     }
                 }
-                st.will_due = None;
                 old.set_online(false);
                 let expired = st.expires_at.is_some_and(|at| at <= now);
                 if req.clean_start || expired {
@@ -270,7 +269,7 @@ impl Broker {
                 } else {
                     st.owner = Some(signal.clone());
                     st.expiry_interval = expiry;
-                    st.will = req.will.clone().map(Box::new);
+                    st.will = req.will.clone().map(SessionWill::boxed);
                     st.expires_at = None;
                     st.info = req.client.clone();
                     st.mailbox.progressed(now);
@@ -422,12 +421,12 @@ impl Broker {
             if expiry != u32::MAX {
                 st.expires_at = Some(now + Duration::from_secs(u64::from(expiry)));
             }
-            if let Some(will) = will {
+            if let Some(mut will) = will {
                 if will.delay_interval == 0 {
                     publish_now = Some(will);
                 } else {
                     let delay = will.delay_interval.min(expiry);
-                    st.will_due = Some(now + Duration::from_secs(u64::from(delay)));
+                    will.due = Some(now + Duration::from_secs(u64::from(delay)));
                     st.will = Some(will);
                 }
             }
@@ -438,9 +437,10 @@ impl Broker {
         }
     }
 
-    fn publish_will(&self, will: Box<Will>, now: Instant) {
+    fn publish_will(&self, will: Box<SessionWill>, now: Instant) {
         self.metrics.inc(&self.metrics.wills_published);
         // The will's expiry interval counts from its publication.
+        let will = will.will;
         let message = will
             .message
             .with_expiry_interval(will.message_expiry_interval, now);
@@ -471,9 +471,8 @@ impl Broker {
                 if st.owner.is_some() {
                     return true;
                 }
-                if let Some(due) = st.will_due {
+                if let Some(due) = st.will.as_ref().and_then(|w| w.due) {
                     if due <= now {
-                        st.will_due = None;
                         if let Some(w) = st.will.take() {
                             wills.push(w);
                         }

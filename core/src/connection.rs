@@ -87,13 +87,35 @@ pub struct CommitWait {
 /// Output of a channel: encoded units (packets, frames, datagrams) one
 /// after the other in one buffer, with where each ends, so a byte stream
 /// writes them at once and a message transport sends one message each.
-#[derive(Debug, Default)]
+///
+/// A byte stream needs no unit ends: [`Transmit::byte_run`] keeps none, so
+/// an idle connection holds no memory for them.
+#[derive(Debug)]
 pub struct Transmit {
     buf: BytesMut,
-    ends: Vec<usize>,
+    /// Where each unit ends; `None` for a byte run.
+    ends: Option<Vec<usize>>,
+}
+
+impl Default for Transmit {
+    /// Output whose units are told apart.
+    fn default() -> Transmit {
+        Transmit {
+            buf: BytesMut::new(),
+            ends: Some(Vec::new()),
+        }
+    }
 }
 
 impl Transmit {
+    /// Output for a byte stream: units are not told apart.
+    pub fn byte_run() -> Transmit {
+        Transmit {
+            buf: BytesMut::new(),
+            ends: None,
+        }
+    }
+
     /// The buffer to encode the next unit into (append).
     pub fn buf(&mut self) -> &mut BytesMut {
         &mut self.buf
@@ -101,8 +123,11 @@ impl Transmit {
 
     /// The unit encoded since the last call ends here.
     pub fn end_unit(&mut self) {
-        if self.ends.last() != Some(&self.buf.len()) {
-            self.ends.push(self.buf.len());
+        let len = self.buf.len();
+        if let Some(ends) = self.ends.as_mut() {
+            if ends.last() != Some(&len) {
+                ends.push(len);
+            }
         }
     }
 
@@ -129,18 +154,22 @@ impl Transmit {
 
     /// Take everything waiting as one run of bytes.
     pub fn take_all(&mut self) -> BytesMut {
-        self.ends.clear();
+        if let Some(ends) = self.ends.as_mut() {
+            ends.clear();
+        }
         self.buf.split()
     }
 
     /// Take the waiting units one by one.
     pub fn take_units(&mut self) -> Vec<Bytes> {
         let mut all = self.buf.split();
-        let mut out = Vec::with_capacity(self.ends.len() + 1);
-        let mut at = 0;
-        for end in self.ends.drain(..) {
-            out.push(all.split_to(end - at).freeze());
-            at = end;
+        let mut out = Vec::with_capacity(self.ends.as_ref().map_or(0, Vec::len) + 1);
+        if let Some(ends) = self.ends.as_mut() {
+            let mut at = 0;
+            for end in ends.drain(..) {
+                out.push(all.split_to(end - at).freeze());
+                at = end;
+            }
         }
         if !all.is_empty() {
             out.push(all.freeze());
@@ -152,11 +181,20 @@ impl Transmit {
     /// run): forget them, and the unit ends they pass.
     pub fn advance(&mut self, n: usize) {
         let n = n.min(self.buf.len());
-        let _ = self.buf.split_to(n);
-        self.ends.retain_mut(|end| {
-            *end = end.saturating_sub(n);
-            *end > 0
-        });
+        // Moving the start keeps the buffer unshared (a split would give it
+        // a reference count on the heap for as long as it lives).
+        bytes::Buf::advance(&mut self.buf, n);
+        let Some(ends) = self.ends.as_mut() else {
+            return;
+        };
+        if self.buf.is_empty() {
+            ends.clear();
+        } else {
+            ends.retain_mut(|end| {
+                *end = end.saturating_sub(n);
+                *end > 0
+            });
+        }
     }
 
     /// Take the first waiting unit (a message transport sends one at a time).
@@ -164,22 +202,25 @@ impl Transmit {
         if self.buf.is_empty() {
             return None;
         }
-        let end = if self.ends.is_empty() {
-            self.buf.len()
-        } else {
-            self.ends.remove(0)
+        let end = match self.ends.as_mut() {
+            Some(ends) if !ends.is_empty() => {
+                let end = ends.remove(0);
+                for e in ends.iter_mut() {
+                    *e -= end;
+                }
+                end
+            }
+            _ => self.buf.len(),
         };
-        let unit = self.buf.split_to(end).freeze();
-        for e in &mut self.ends {
-            *e -= end;
-        }
-        Some(unit)
+        Some(self.buf.split_to(end).freeze())
     }
 
     /// Drop what is waiting and give the memory back.
     pub fn clear(&mut self) {
         self.buf = BytesMut::new();
-        self.ends = Vec::new();
+        if let Some(ends) = self.ends.as_mut() {
+            *ends = Vec::new();
+        }
     }
 }
 
@@ -302,12 +343,16 @@ pub trait DatagramConnection: Connection {
 /// next deadline.
 #[derive(Debug, Clone)]
 pub struct Watchdog {
-    started: Instant,
-    last_activity: Instant,
-    /// When the connection was first seen authenticated.
-    authenticated_at: Option<Instant>,
-    /// Bytes received before that.
-    preauth_bytes: usize,
+    /// When the connection started, or, once it authenticated, when it
+    /// was first seen authenticated (the idle window starts no earlier).
+    since: Instant,
+    /// The last sign of life, in milliseconds after `since` (rounded up),
+    /// so an idle connection carries one instant, not two.
+    activity_ms: u32,
+    /// Bytes received before the connection authenticated (saturating:
+    /// a budget past 4 GiB does not trip).
+    preauth_bytes: u32,
+    authenticated: bool,
     tripped: bool,
 }
 
@@ -315,10 +360,10 @@ impl Watchdog {
     /// A watchdog for a connection that starts at `now`.
     pub fn new(now: Instant) -> Watchdog {
         Watchdog {
-            started: now,
-            last_activity: now,
-            authenticated_at: None,
+            since: now,
+            activity_ms: 0,
             preauth_bytes: 0,
+            authenticated: false,
             tripped: false,
         }
     }
@@ -326,12 +371,29 @@ impl Watchdog {
     /// `bytes` arrived; `activity` when the channel counted them as a sign
     /// of life.
     pub fn input(&mut self, bytes: usize, activity: bool, now: Instant) {
-        if self.authenticated_at.is_none() {
+        if !self.authenticated {
+            let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
             self.preauth_bytes = self.preauth_bytes.saturating_add(bytes);
         }
         if activity {
-            self.last_activity = now;
+            let after = now.saturating_duration_since(self.since);
+            let ms = after.as_nanos().div_ceil(1_000_000);
+            match u32::try_from(ms) {
+                Ok(ms) => self.activity_ms = ms,
+                // Weeks of life: once authenticated, count from here (the
+                // idle window starts no earlier anyway).
+                Err(_) if self.authenticated => {
+                    self.since = now;
+                    self.activity_ms = 0;
+                }
+                Err(_) => self.activity_ms = u32::MAX,
+            }
         }
+    }
+
+    /// The last sign of life (or `since`, if none came after it).
+    fn last_activity(&self) -> Instant {
+        self.since + Duration::from_millis(u64::from(self.activity_ms))
     }
 
     /// When a limit can next trip (for the driver's timer).
@@ -340,13 +402,10 @@ impl Watchdog {
             return None;
         }
         if !conn.is_authenticated() {
-            return self.started.checked_add(conn.preauth_budget().time);
+            return self.since.checked_add(conn.preauth_budget().time);
         }
         let window = conn.idle_timeout()?;
-        let from = self
-            .authenticated_at
-            .map_or(self.last_activity, |a| a.max(self.last_activity));
-        from.checked_add(window)
+        self.last_activity().checked_add(window)
     }
 
     /// Trip whatever limit is due at `now`: the channel says goodbye, the
@@ -360,19 +419,20 @@ impl Watchdog {
         if self.tripped || conn.is_closed() {
             return None;
         }
-        if self.authenticated_at.is_some() && !conn.is_authenticated() {
+        if self.authenticated && !conn.is_authenticated() {
             // Authenticating again (an MQTT-SN re-CONNECT with a will flow):
             // a fresh pre-authentication budget from now.
-            self.started = now;
+            self.since = now;
+            self.activity_ms = 0;
             self.preauth_bytes = 0;
-            self.authenticated_at = None;
+            self.authenticated = false;
         }
         let limit = if !conn.is_authenticated() {
             let budget = conn.preauth_budget();
-            if self.preauth_bytes > budget.bytes {
+            if self.preauth_bytes as usize > budget.bytes {
                 Some(Limit::PreAuthBytes)
             } else if self
-                .started
+                .since
                 .checked_add(budget.time)
                 .is_some_and(|d| now >= d)
             {
@@ -381,8 +441,15 @@ impl Watchdog {
                 None
             }
         } else {
-            if self.authenticated_at.is_none() {
-                self.authenticated_at = Some(now);
+            if !self.authenticated {
+                // The idle window starts now at the earliest.
+                let last = self.last_activity();
+                self.authenticated = true;
+                self.since = now;
+                self.activity_ms = 0;
+                if last > now {
+                    self.input(0, true, last);
+                }
             }
             self.deadline(conn)
                 .filter(|d| now >= *d)
@@ -449,6 +516,20 @@ mod tests {
         assert_eq!(t.pop_unit().as_deref(), Some(&b"c"[..]));
         assert_eq!(t.pop_unit().as_deref(), Some(&b"de"[..]));
         assert_eq!(t.pop_unit(), None);
+    }
+
+    #[test]
+    fn a_byte_run_keeps_no_unit_ends_and_drains_in_place() {
+        let mut t = Transmit::byte_run();
+        t.push_unit(b"abc");
+        t.push_unit(b"de");
+        assert!(t.ends.is_none());
+        t.advance(4);
+        assert_eq!(t.bytes(), b"e");
+        assert_eq!(t.pop_unit().as_deref(), Some(&b"e"[..]));
+        assert!(t.is_empty());
+        t.push_unit(b"xy");
+        assert_eq!(t.take_units(), vec![Bytes::from_static(b"xy")]);
     }
 
     /// A channel that only reports what the watchdog asks.

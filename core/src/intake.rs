@@ -118,16 +118,24 @@ impl Bucket {
 struct Buckets {
     messages: Bucket,
     bytes: Bucket,
+    /// Input paused until then (rate exceeded, throttle mode).
+    throttled_until: Option<Instant>,
 }
 
 /// One connection's side of the intake.
 #[derive(Debug)]
 pub struct Publisher {
     client: ClientInfo,
-    /// On the heap, and only when a rate is configured.
-    buckets: Option<Box<Buckets>>,
-    /// Input paused until then (rate exceeded, throttle mode).
-    throttled_until: Option<Instant>,
+    /// What may make the driver stop reading, on the heap once there is
+    /// any: most connections never have a rate or fill a mailbox.
+    pressure: Option<Box<Pressure>>,
+}
+
+/// The reasons a publisher may have to stop reading.
+#[derive(Debug, Default)]
+struct Pressure {
+    /// Only when a rate is configured.
+    buckets: Option<Buckets>,
     /// Sessions this connection's QoS 1/2 messages pushed over their bound.
     congested: Vec<Arc<Session>>,
 }
@@ -141,23 +149,33 @@ impl Publisher {
     /// True when the driver should stop reading until the sessions of
     /// [`Publisher::take_congestion`] have room.
     pub fn is_congested(&self) -> bool {
-        !self.congested.is_empty()
+        self.pressure
+            .as_ref()
+            .is_some_and(|p| !p.congested.is_empty())
     }
 
     /// The sessions to wait for (each until it has room, or `max_pause`).
     pub fn take_congestion(&mut self) -> Vec<Arc<Session>> {
-        std::mem::take(&mut self.congested)
+        self.pressure
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.congested))
+            .unwrap_or_default()
     }
 
     /// Input is paused until then (over the rate, throttle mode).
     pub fn throttled_until(&self) -> Option<Instant> {
-        self.throttled_until
+        self.pressure
+            .as_ref()
+            .and_then(|p| p.buckets.as_ref())
+            .and_then(|b| b.throttled_until)
     }
 
     /// Lift a throttle pause that is over.
     pub fn resume(&mut self, now: Instant) {
-        if self.throttled_until.is_some_and(|at| at <= now) {
-            self.throttled_until = None;
+        if let Some(b) = self.pressure.as_mut().and_then(|p| p.buckets.as_mut()) {
+            if b.throttled_until.is_some_and(|at| at <= now) {
+                b.throttled_until = None;
+            }
         }
     }
 
@@ -170,7 +188,7 @@ impl Publisher {
         broker: &Broker,
         now: Instant,
     ) -> bool {
-        let Some(b) = self.buckets.as_deref_mut() else {
+        let Some(b) = self.pressure.as_mut().and_then(|p| p.buckets.as_mut()) else {
             return true;
         };
         let bytes = bytes as f64;
@@ -181,11 +199,11 @@ impl Publisher {
         }
         let until = b.messages.take(1.0, now).max(b.bytes.take(bytes, now));
         if let Some(until) = until {
-            if self.throttled_until.is_none() {
+            if b.throttled_until.is_none() {
                 metrics.inc(&metrics.rate_limited);
                 tracing::debug!(client_id = %self.client.client_id, "rate exceeded; input paused");
             }
-            self.throttled_until = Some(self.throttled_until.map_or(until, |p| p.max(until)));
+            b.throttled_until = Some(b.throttled_until.map_or(until, |p| p.max(until)));
         }
         true
     }
@@ -195,18 +213,17 @@ impl Broker {
     /// The intake side of a connection for `client` (after it authenticated).
     pub fn publisher(&self, client: ClientInfo) -> Publisher {
         let r = &self.config.rates;
-        let buckets = (r.messages_rate > 0 || r.bytes_rate > 0).then(|| {
-            Box::new(Buckets {
-                messages: Bucket::new(r.messages_rate),
-                bytes: Bucket::new(r.bytes_rate),
+        let pressure = (r.messages_rate > 0 || r.bytes_rate > 0).then(|| {
+            Box::new(Pressure {
+                buckets: Some(Buckets {
+                    messages: Bucket::new(r.messages_rate),
+                    bytes: Bucket::new(r.bytes_rate),
+                    throttled_until: None,
+                }),
+                congested: Vec::new(),
             })
         });
-        Publisher {
-            client,
-            buckets,
-            throttled_until: None,
-            congested: Vec::new(),
-        }
+        Publisher { client, pressure }
     }
 
     /// Admit one message from `from` (see the module documentation). The
@@ -231,7 +248,16 @@ impl Broker {
             message.publisher = Some(from.client.client_id.clone());
         }
         let mut ticket = None;
-        let matched = self.publish_flow(message, now, Some(&mut from.congested), &mut ticket);
+        let mut congested = Vec::new();
+        let matched = self.publish_flow(message, now, Some(&mut congested), &mut ticket);
+        if !congested.is_empty() {
+            let waits = &mut from.pressure.get_or_insert_with(Box::default).congested;
+            for session in congested {
+                if !waits.iter().any(|s| Arc::ptr_eq(s, &session)) {
+                    waits.push(session);
+                }
+            }
+        }
         Admission {
             verdict: if matched == 0 {
                 Verdict::NoSubscribers

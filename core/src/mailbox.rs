@@ -114,6 +114,14 @@ struct Drops {
 /// At most one drop warning per session this often.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// What a mailbox keeps once it overflowed its memory or its bounds, on
+/// the heap: most mailboxes never do.
+#[derive(Debug, Default)]
+struct Overflow {
+    spill: Option<Spill>,
+    drops: Drops,
+}
+
 /// Queued messages that live only in the store.
 #[derive(Debug)]
 struct Spill {
@@ -127,9 +135,12 @@ struct Spill {
     next_seq: u64,
     /// Every spilled message can be read once this batch is done.
     fence: Option<CommitTicket>,
+    /// The fence the last refill found pending: deliveries wait for it.
+    blocked: Option<CommitTicket>,
 }
 
 /// Size of a delivery for the byte bound: topic and payload.
+#[inline]
 pub(crate) fn delivery_bytes(d: &Delivery) -> u64 {
     (d.message.topic.len() + d.message.payload.len()) as u64
 }
@@ -139,10 +150,9 @@ pub(crate) fn delivery_bytes(d: &Delivery) -> u64 {
 pub(crate) struct Mailbox {
     resident: VecDeque<Pending>,
     resident_bytes: u64,
-    spill: Option<Box<Spill>>,
+    overflow: Option<Box<Overflow>>,
     /// Last progress for the owner (see the module documentation).
     progress_at: Instant,
-    drops: Option<Box<Drops>>,
 }
 
 /// What a refill attempt found.
@@ -161,38 +171,59 @@ impl Mailbox {
         Mailbox {
             resident: VecDeque::new(),
             resident_bytes: 0,
-            spill: None,
+            overflow: None,
             progress_at: now,
-            drops: None,
+        }
+    }
+
+    #[inline]
+    fn spill(&self) -> Option<&Spill> {
+        self.overflow.as_ref().and_then(|o| o.spill.as_ref())
+    }
+
+    #[inline]
+    fn spill_mut(&mut self) -> Option<&mut Spill> {
+        self.overflow.as_mut().and_then(|o| o.spill.as_mut())
+    }
+
+    fn end_spill(&mut self) {
+        if let Some(o) = self.overflow.as_mut() {
+            o.spill = None;
         }
     }
 
     /// Messages queued, in memory and in the store.
+    #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.resident.len() + self.spill.as_ref().map_or(0, |s| s.count - s.skip)
+        self.resident.len() + self.spill().map_or(0, |s| s.count - s.skip)
     }
 
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Bytes queued, in memory and in the store.
+    #[inline]
     pub(crate) fn bytes(&self) -> u64 {
-        self.resident_bytes + self.spill.as_ref().map_or(0, |s| s.bytes)
+        self.resident_bytes + self.spill().map_or(0, |s| s.bytes)
     }
 
     /// Messages held in memory.
+    #[inline]
     pub(crate) fn resident_len(&self) -> usize {
         self.resident.len()
     }
 
     /// True while part of the queue lives only in the store.
+    #[inline]
     pub(crate) fn is_spilling(&self) -> bool {
-        self.spill.is_some()
+        self.spill().is_some()
     }
 
     /// Whether adding `size` bytes would take the mailbox past
     /// `max_len` messages or `max_bytes` bytes, scaled by `factor`.
+    #[inline]
     pub(crate) fn over(&self, max_len: usize, max_bytes: u64, size: u64, factor: u64) -> bool {
         let len = self.len() as u64;
         len >= (max_len as u64).saturating_mul(factor)
@@ -201,16 +232,19 @@ impl Mailbox {
 
     /// No progress for `max_pause` although mail is waiting: the owner
     /// stopped taking it.
+    #[inline]
     pub(crate) fn stalled(&self, now: Instant, max_pause: Duration) -> bool {
         !self.is_empty() && now.saturating_duration_since(self.progress_at) >= max_pause
     }
 
     /// The owner took deliveries (or has just connected).
+    #[inline]
     pub(crate) fn progressed(&mut self, now: Instant) {
         self.progress_at = now;
     }
 
     /// Add at the back, in memory.
+    #[inline]
     pub(crate) fn push(&mut self, pending: Pending, now: Instant) {
         if self.is_empty() {
             self.progress_at = now;
@@ -231,14 +265,14 @@ impl Mailbox {
         if self.is_empty() {
             self.progress_at = now;
         }
-        let spill = self.spill.get_or_insert_with(|| {
-            Box::new(Spill {
-                count: 0,
-                skip: 0,
-                bytes: 0,
-                next_seq: seq,
-                fence: None,
-            })
+        let overflow = self.overflow.get_or_insert_with(Box::default);
+        let spill = overflow.spill.get_or_insert(Spill {
+            count: 0,
+            skip: 0,
+            bytes: 0,
+            next_seq: seq,
+            fence: None,
+            blocked: None,
         });
         spill.count += 1;
         spill.bytes += size;
@@ -253,13 +287,14 @@ impl Mailbox {
         if count == 0 {
             return;
         }
-        self.spill = Some(Box::new(Spill {
+        self.overflow.get_or_insert_with(Box::default).spill = Some(Spill {
             count,
             skip: 0,
             bytes,
             next_seq: first_seq,
             fence: None,
-        }));
+            blocked: None,
+        });
     }
 
     /// Put deliveries back at the front, in order, ignoring the bound.
@@ -271,11 +306,13 @@ impl Mailbox {
     }
 
     /// The oldest resident delivery.
+    #[inline]
     pub(crate) fn front(&self) -> Option<&Pending> {
         self.resident.front()
     }
 
     /// Take the oldest resident delivery.
+    #[inline]
     pub(crate) fn pop_front(&mut self) -> Option<Pending> {
         let p = self.resident.pop_front()?;
         self.resident_bytes = self
@@ -292,7 +329,7 @@ impl Mailbox {
         if let Some(p) = self.pop_front() {
             return Some(Some(p));
         }
-        let spill = self.spill.as_mut()?;
+        let spill = self.spill_mut()?;
         let live = spill.count - spill.skip;
         if live == 0 {
             return None;
@@ -322,20 +359,22 @@ impl Mailbox {
         inflight: impl Fn(u64) -> bool,
         mut delete: impl FnMut(u64),
     ) -> Result<Refill, crate::storage::LoadError> {
-        let Some(spill) = self.spill.as_mut() else {
+        let Some(spill) = self.overflow.as_mut().and_then(|o| o.spill.as_mut()) else {
             return Ok(Refill::Nothing);
         };
         if let Some(fence) = spill.fence {
             if !done(fence) {
+                spill.blocked = Some(fence);
                 return Ok(Refill::Wait(fence));
             }
         }
+        spill.blocked = None;
         let loaded = load(spill.next_seq, batch.max(1))?;
         if loaded.is_empty() {
             // Nothing more in the store: what was counted but never made it
             // to the disk (a failed commit) is gone; its publishers were
             // refused.
-            self.spill = None;
+            self.end_spill();
             return Ok(Refill::Loaded);
         }
         for (seq, delivery) in loaded {
@@ -355,9 +394,14 @@ impl Mailbox {
             self.resident.push_back(Pending { seq, delivery });
         }
         if spill.count == 0 {
-            self.spill = None;
+            self.end_spill();
         }
         Ok(Refill::Loaded)
+    }
+
+    /// The commit a refill found pending, until a refill gets past it.
+    pub(crate) fn refill_blocked(&self) -> Option<CommitTicket> {
+        self.spill().and_then(|s| s.blocked)
     }
 
     /// Count a drop: per session, globally, and in a warning at most every
@@ -370,7 +414,8 @@ impl Mailbox {
         now: Instant,
     ) {
         metrics.inc(reason.global(metrics));
-        let drops = self.drops.get_or_insert_with(Box::default);
+        let queued = self.len();
+        let drops = &mut self.overflow.get_or_insert_with(Box::default).drops;
         drops.counts.counts[reason.index()] += 1;
         drops.unreported += 1;
         let due = drops
@@ -382,7 +427,7 @@ impl Mailbox {
                 reason = reason.name(),
                 dropped = drops.unreported,
                 total = drops.counts.total(),
-                queued = self.resident.len() + self.spill.as_ref().map_or(0, |s| s.count - s.skip),
+                queued,
                 "messages dropped for a client"
             );
             drops.unreported = 0;
@@ -392,9 +437,9 @@ impl Mailbox {
 
     /// What this session lost, by reason.
     pub(crate) fn drop_counts(&self) -> DropCounts {
-        self.drops
+        self.overflow
             .as_ref()
-            .map_or_else(DropCounts::default, |d| d.counts)
+            .map_or_else(DropCounts::default, |o| o.drops.counts)
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::broker::Broker;
 use crate::routing::insert_into_trie;
-use crate::session::{ClientInfo, Session};
+use crate::session::{ClientInfo, Session, SessionWill};
 use crate::storage::{Restored, StoreOp};
 use crate::topic::parse_filter;
 
@@ -59,8 +59,10 @@ impl Broker {
                             now + Duration::from_secs(u64::from(delay))
                         }
                     };
-                    st.will = Some(Box::new(will));
-                    st.will_due = Some(due);
+                    st.will = Some(Box::new(SessionWill {
+                        will,
+                        due: Some(due),
+                    }));
                 }
                 for m in rs.messages {
                     if m.delivery.message.is_expired(now) {

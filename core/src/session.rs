@@ -198,16 +198,34 @@ pub(crate) struct SessionState {
     /// The latest commit ticket of this session's own changes (QoS 2
     /// state), for the connection to wait on before acknowledging.
     last_ticket: Option<CommitTicket>,
-    /// The commit the next refill of a spilled queue waits for: the
-    /// connection is woken through its commit wait.
-    refill_wait: Option<CommitTicket>,
     pub(crate) owner: Option<Arc<ConnectionSignal>>,
     pub(crate) expiry_interval: u32,
     /// Boxed: most sessions have none, and a will is a few hundred bytes.
-    pub(crate) will: Option<Box<Will>>,
-    pub(crate) will_due: Option<Instant>,
+    pub(crate) will: Option<Box<SessionWill>>,
     pub(crate) expires_at: Option<Instant>,
     pub(crate) info: ClientInfo,
+}
+
+/// A session's will, and when it is due once the session is offline with
+/// a delayed will (kept together: most sessions have neither).
+#[derive(Debug)]
+pub(crate) struct SessionWill {
+    pub(crate) will: Will,
+    pub(crate) due: Option<Instant>,
+}
+
+impl SessionWill {
+    pub(crate) fn boxed(will: Will) -> Box<SessionWill> {
+        Box::new(SessionWill { will, due: None })
+    }
+}
+
+impl std::ops::Deref for SessionWill {
+    type Target = Will;
+
+    fn deref(&self) -> &Will {
+        &self.will
+    }
 }
 
 /// A client's session.
@@ -253,11 +271,9 @@ impl Session {
                 incoming_qos2: SessionMap::default(),
                 store,
                 last_ticket: None,
-                refill_wait: None,
                 owner,
                 expiry_interval,
-                will: will.map(Box::new),
-                will_due: None,
+                will: will.map(SessionWill::boxed),
                 expires_at: None,
                 info,
             }),
@@ -475,9 +491,11 @@ impl Session {
                 .iter()
                 .map(|(k, v)| (k.clone(), *v))
                 .collect(),
-            will: st.will.as_deref().cloned(),
+            will: st.will.as_ref().map(|w| w.will.clone()),
             will_due_ms: st
-                .will_due
+                .will
+                .as_ref()
+                .and_then(|w| w.due)
                 .map(|d| crate::storage::unix_ms_of(d, now, wall)),
             expires_at_ms: st
                 .expires_at
@@ -674,14 +692,14 @@ impl SessionHandle {
         let st = self.session.state.lock();
         match st.mailbox.front() {
             Some(d) => d.delivery.qos == QoS::AtMostOnce || st.inflight.len() < window,
-            None => st.mailbox.is_spilling() && st.refill_wait.is_none(),
+            None => st.mailbox.is_spilling() && st.mailbox.refill_blocked().is_none(),
         }
     }
 
     /// The store commit a refill of this session's spilled queue waits
     /// for, if any: once it is done, deliveries can be taken again.
     pub fn refill_ticket(&self) -> Option<CommitTicket> {
-        self.session.state.lock().refill_wait
+        self.session.state.lock().mailbox.refill_blocked()
     }
 
     /// PUBACK received: completes a QoS 1 flow. False if unknown.
@@ -854,7 +872,7 @@ impl SessionHandle {
     pub fn set_will(&self, will: Option<Will>) {
         let mut st = self.session.state.lock();
         if self.owns(&st) {
-            st.will = will.map(Box::new);
+            st.will = will.map(SessionWill::boxed);
             // Online: the record holds no instants, so any `now` will do.
             self.session.save(&mut st, Instant::now());
         }
@@ -867,6 +885,9 @@ impl SessionState {
     /// committed ([`SessionHandle::refill_ticket`]), or a failed read
     /// (counted; tried again on the next take).
     pub(crate) fn refill(&mut self, client_id: &ClientId, metrics: &Metrics) -> bool {
+        if !self.mailbox.is_spilling() {
+            return false;
+        }
         let Some(store) = self.store.clone() else {
             return false;
         };
@@ -889,12 +910,8 @@ impl SessionState {
                 self.forget(seq);
             }
             match r {
-                Ok(Refill::Loaded) => self.refill_wait = None,
-                Ok(Refill::Nothing) => return false,
-                Ok(Refill::Wait(t)) => {
-                    self.refill_wait = Some(t);
-                    return false;
-                }
+                Ok(Refill::Loaded) => {}
+                Ok(Refill::Nothing | Refill::Wait(_)) => return false,
                 Err(e) => {
                     metrics.inc(&metrics.store_read_failures);
                     tracing::debug!(client_id = %client_id, error = %e, "spilled queue not read back; retried later");

@@ -326,10 +326,11 @@ mod tests {
     use tributary_core::{Broker, BrokerConfig};
 
     /// What an idle connection costs is mostly its task, which tokio
-    /// allocates in 128-byte steps around this future (ADR 0017). The
-    /// bound leaves room for other compilers' layouts but not for a
-    /// `select!` or a wrapper future in the steady state (those took it
-    /// to 960 and 1,936).
+    /// allocates in 128-byte steps around this future (ADR 0017). Up to
+    /// 656 bytes the task fits a 768-byte cell (rustc 1.95); at 720 it
+    /// took the next step, 128 bytes more for every connection (found
+    /// while measuring issue 15). A `select!` or a wrapper future in the
+    /// steady state took it to 960 and 1,936.
     #[tokio::test]
     async fn the_connection_future_stays_small() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -355,6 +356,9 @@ mod tests {
         let guard = gate.admit().expect("admitted");
         let conn = serve.run(client, peer, None, guard);
         let size = std::mem::size_of_val(&conn);
-        assert!(size <= 768, "connection future grew to {size} bytes");
+        assert!(
+            size <= 656,
+            "connection future grew to {size} bytes: past 656 its task takes a larger cell"
+        );
     }
 }

@@ -26,6 +26,10 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// is a poll over state the transport owns, so waiting on it adds nothing
 /// to the driver's future.
 pub trait Transport: Send + Unpin {
+    /// Units leave as one run of bytes, so their ends need not be kept
+    /// ([`Transmit::byte_run`]); a message transport sends one each.
+    const BYTE_RUN: bool = false;
+
     /// Append what input is available to `rbuf` (stopping once it holds
     /// `cap` bytes). Ready(true) once something arrived, Ready(false) when
     /// the peer closed or the transport failed.
@@ -57,6 +61,8 @@ pub trait Transport: Send + Unpin {
 pub struct ByteStream<S>(pub S);
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for ByteStream<S> {
+    const BYTE_RUN: bool = true;
+
     fn poll_read(&mut self, cx: &mut Context<'_>, rbuf: &mut BytesMut, cap: usize) -> Poll<bool> {
         poll_read_available(&mut self.0, cx, rbuf, cap)
     }

@@ -73,7 +73,11 @@ where
             let _ = shutdown.changed().await;
         })),
         rbuf: BytesMut::new(),
-        out: Transmit::default(),
+        out: if T::BYTE_RUN {
+            Transmit::byte_run()
+        } else {
+            Transmit::default()
+        },
         signal: None,
         paused: None,
         armed: false,
@@ -156,8 +160,17 @@ impl<C: StreamConnection, T: Transport> Conn<C, T> {
     /// One turn: write what is queued, then wait for the next thing to do.
     /// False once the connection is over.
     async fn step(&mut self, mut timer: Pin<&mut Sleep>) -> bool {
-        if (self.conn.has_output() || self.own_output) && self.flush().await.is_err() {
-            return false;
+        if self.conn.has_output() || self.own_output {
+            // The first attempt costs the future nothing; only a full
+            // transport gets a wait, on the heap.
+            let first = poll_fn(|cx| Poll::Ready(self.try_flush(cx))).await;
+            let result = match first {
+                Poll::Ready(r) => r,
+                Poll::Pending => Box::pin(self.finish_flush()).await,
+            };
+            if result.is_err() {
+                return false;
+            }
         }
         if self.conn.is_closed() {
             return false;
@@ -292,9 +305,12 @@ impl<C: StreamConnection, T: Transport> Conn<C, T> {
             Woke::Signal => self.conn.handle_wake(at),
             Woke::Timer => {
                 self.armed = false;
+                // While we do not read (a rate throttle, held
+                // acknowledgements), the peer's keep-alives wait unread:
+                // its silence is ours.
+                let held = self.conn.read_hold() != ReadHold::Open;
                 self.conn.handle_timeout(at);
-                if self.conn.read_hold() == ReadHold::Held {
-                    // We are not reading: the peer's keep-alives wait unread.
+                if held {
                     self.watchdog.input(0, true, at);
                 }
                 self.watchdog
@@ -384,41 +400,53 @@ impl<C: StreamConnection, T: Transport> Conn<C, T> {
     }
 
     /// Encode what the channel queued and write it: one write per batch.
-    /// A transport that takes it at once costs no future; one that is full
-    /// gets a heap-allocated wait bounded by the write-stall limit.
-    async fn flush(&mut self) -> std::io::Result<()> {
+    /// A transport that takes it at once is done here; one that is full
+    /// leaves the rest to [`Conn::finish_flush`].
+    fn try_flush(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.own_output = false;
         if self.stalled {
             self.out.clear();
-            return Err(std::io::ErrorKind::TimedOut.into());
+            return Poll::Ready(Err(std::io::ErrorKind::TimedOut.into()));
         }
         self.conn.poll_transmit(now(), &mut self.out);
         let metrics = self.ctx.broker.metrics();
         metrics.add(&metrics.bytes_sent, self.out.len() as u64);
+        let result = std::task::ready!(self.transport.poll_write(cx, &mut self.out));
+        if result.is_err() {
+            self.out.clear();
+        }
+        Poll::Ready(result)
+    }
+
+    /// Wait for a full transport to take the rest, bounded by the
+    /// write-stall limit.
+    async fn finish_flush(&mut self) -> std::io::Result<()> {
         let (transport, out) = (&mut self.transport, &mut self.out);
-        let first = poll_fn(|cx| Poll::Ready(transport.poll_write(cx, out))).await;
-        let result = match first {
-            Poll::Ready(r) => r,
-            Poll::Pending => {
-                let rest = poll_fn(|cx| transport.poll_write(cx, out));
-                match Box::pin(tokio::time::timeout(self.ctx.write_stall, rest)).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        // A peer that stopped reading must not hold this
-                        // task (or its session's memory) forever.
-                        self.stalled = true;
-                        let at = now();
-                        self.watchdog
-                            .trip(&mut self.conn, Limit::WriteStall, metrics, at);
-                        Err(std::io::ErrorKind::TimedOut.into())
-                    }
-                }
+        let rest = poll_fn(|cx| transport.poll_write(cx, out));
+        let result = match tokio::time::timeout(self.ctx.write_stall, rest).await {
+            Ok(r) => r,
+            Err(_) => {
+                // A peer that stopped reading must not hold this task (or
+                // its session's memory) forever.
+                self.stalled = true;
+                let metrics = self.ctx.broker.metrics();
+                self.watchdog
+                    .trip(&mut self.conn, Limit::WriteStall, metrics, now());
+                Err(std::io::ErrorKind::TimedOut.into())
             }
         };
         if result.is_err() {
             self.out.clear();
         }
         result
+    }
+
+    /// Flush, first attempt then the wait.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        match poll_fn(|cx| Poll::Ready(self.try_flush(cx))).await {
+            Poll::Ready(r) => r,
+            Poll::Pending => self.finish_flush().await,
+        }
     }
 
     /// After the loop: last output, the session's end, then a graceful close.
