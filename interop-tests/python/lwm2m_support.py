@@ -44,6 +44,10 @@ def lwm2m_broker(start_broker):
             full.update(env or {})
             try:
                 b = start_broker(full, config)
+                # The probed port can be handed to another listener bound to
+                # port 0 in the meantime: then LwM2M fails to bind and the
+                # gateway exits after the MQTT port is up. Try another.
+                wait_udp(port)
             except RuntimeError:
                 if attempt == 2:
                     raise
