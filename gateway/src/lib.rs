@@ -34,6 +34,7 @@ pub mod listen;
 pub mod listener_stats;
 pub mod logging;
 pub mod mqtt;
+pub mod reload;
 pub mod security;
 pub mod stomp;
 pub mod stomp_http;
@@ -96,6 +97,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Bind every enabled listener and start serving.
 pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
+    // First: from here on a SIGHUP reloads and never terminates.
+    let hangups = tls::Hangups::new();
     let opened = storage::open(config).with_context(|| {
         format!(
             "storage: the store in {:?} cannot be used (another gateway may hold it; \
@@ -124,6 +127,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Gateway> {
     }
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    tasks.spawn(reload::on_hangup(hangups, shutdown_rx.clone()));
     let ctx = Arc::new(drive::DriveContext {
         broker: broker.clone(),
         shutdown: shutdown_rx.clone(),

@@ -333,6 +333,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    tributary::reload::set_config_path(path.cloned());
     match cli.command {
         Some(Command::CheckConfig { .. }) => {
             if let Err(e) = tributary::security::check_files(&config) {

@@ -73,6 +73,8 @@ class Broker:
         })
         full_env.pop("RUST_LOG", None)
         full_env.update(env or {})
+        # A value of None removes the variable (e.g. to let the file's setting apply).
+        full_env = {k: v for k, v in full_env.items() if v is not None}
         self.proc = subprocess.Popen([str(BIN), *args], env=full_env, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self._wait_ready()

@@ -124,9 +124,13 @@ impl Chain {
     pub fn new(config: &Config) -> Result<Chain, SecurityError> {
         let a = &config.authentication;
         let users = if a.built_in_database.enabled {
-            Some(Arc::new(userdb::UserDb::open(Path::new(
+            let db = Arc::new(userdb::UserDb::open(Path::new(
                 &a.built_in_database.users_file,
-            ))?))
+            ))?);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(userdb::reload_on_hangup(Arc::downgrade(&db)));
+            }
+            Some(db)
         } else {
             None
         };

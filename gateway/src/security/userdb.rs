@@ -11,7 +11,7 @@
 //! (RFC 5802 §2.2), so the same entry serves plain CONNECT passwords and
 //! MQTT 5 enhanced authentication (ADR 0012). `tributary users add` writes
 //! entries; the file is re-read when its modification time changes (checked
-//! at most every [`RECHECK`]).
+//! at most every [`RECHECK`]) and on SIGHUP.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -246,6 +246,32 @@ impl UserDb {
     /// The credential of `user`.
     pub fn get(&self, user: &str) -> Option<Credential> {
         self.users().get(user).cloned()
+    }
+
+    /// Re-read the file now (SIGHUP), whatever its modification time says.
+    pub fn reload(&self) {
+        let mut st = self.state.lock();
+        match read(&self.path) {
+            Ok((users, stamp)) => {
+                info!(file = %self.path.display(), users = users.len(), "users file reloaded");
+                st.users = Arc::new(users);
+                st.stamp = stamp;
+                st.checked = Instant::now();
+            }
+            Err(e) => warn!(error = %e, "users file not reloaded; keeping the previous users"),
+        }
+    }
+}
+
+/// Re-read `db` on every SIGHUP until it is dropped (with its broker).
+pub async fn reload_on_hangup(db: std::sync::Weak<UserDb>) {
+    let mut hangups = crate::tls::Hangups::new();
+    loop {
+        hangups.next().await;
+        let Some(db) = db.upgrade() else {
+            return;
+        };
+        db.reload();
     }
 }
 
