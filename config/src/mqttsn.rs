@@ -34,6 +34,11 @@ pub struct MqttSnConfig {
     /// Accept QoS −1 publishes (no connection; predefined ids and short names), routed as QoS 0.
     /// Default true.
     pub enable_qos3: bool,
+    /// While anonymous access is off (a backend is configured, or `allow_anonymous = false`),
+    /// QoS −1 publishes are accepted only from these addresses or CIDR ranges
+    /// (`"10.1.0.0/16"`), and pass the ACL like any publish. Empty turns QoS −1 off whenever
+    /// anonymous access is off. Default empty.
+    pub qos3_sources: Vec<String>,
     /// Tretry: unacknowledged PUBLISH, PUBREL and REGISTER are resent after this. Non-zero. Default 10 s.
     #[serde(with = "duration")]
     pub retry_interval: Duration,
@@ -67,6 +72,7 @@ impl Default for MqttSnConfig {
             mountpoint: String::new(),
             predefined: Vec::new(),
             enable_qos3: true,
+            qos3_sources: Vec::new(),
             retry_interval: Duration::from_secs(10),
             max_retries: 5,
             max_clients: 100_000,
@@ -123,6 +129,14 @@ impl MqttSnConfig {
                 "mountpoint",
                 format!("must not contain `+` or `#`, got {:?}", self.mountpoint),
             );
+        }
+        for (i, source) in self.qos3_sources.iter().enumerate() {
+            if crate::security::parse_ip_net(source).is_none() {
+                push(
+                    &format!("qos3_sources[{i}]"),
+                    format!("must be an address or a CIDR range, got {source:?}"),
+                );
+            }
         }
         let mut seen = BTreeSet::new();
         for (i, p) in self.predefined.iter().enumerate() {

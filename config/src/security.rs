@@ -266,6 +266,22 @@ impl AuthenticationConfig {
     }
 }
 
+/// An address or CIDR range (`"10.0.0.0/8"`, `"::1"`) as (address, prefix
+/// length); `None` when it is neither or the prefix is too long.
+pub fn parse_ip_net(text: &str) -> Option<(std::net::IpAddr, u8)> {
+    let (addr, prefix) = match text.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (text, None),
+    };
+    let ip: std::net::IpAddr = addr.trim().parse().ok()?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+        None => max,
+    };
+    Some((ip, prefix))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,5 +316,17 @@ mod tests {
                 "authentication.http.url"
             ]
         );
+    }
+
+    #[test]
+    fn addresses_and_ranges_parse_and_bad_prefixes_do_not() {
+        use std::net::IpAddr;
+        let v4: IpAddr = "10.0.0.0".parse().expect("ip");
+        assert_eq!(super::parse_ip_net("10.0.0.0/8"), Some((v4, 8)));
+        assert_eq!(super::parse_ip_net("10.0.0.0"), Some((v4, 32)));
+        assert_eq!(super::parse_ip_net("::1").map(|n| n.1), Some(128));
+        assert_eq!(super::parse_ip_net("10.0.0.0/33"), None);
+        assert_eq!(super::parse_ip_net("::/129"), None);
+        assert_eq!(super::parse_ip_net("sensors"), None);
     }
 }

@@ -86,9 +86,17 @@ pub async fn start(
     if config.mqttsn.enabled {
         let sn = &config.mqttsn;
         let (socket, addr) = bind("mqttsn.bind", sn.bind).await?;
-        info!(listener = "udp:mqttsn", %addr, "MQTT-SN gateway started");
-        addrs.mqttsn = Some(addr);
         let channel = crate::wiring::mqttsn_channel(config);
+        let qos_neg1 = match (&channel.qos3_sources, channel.enable_qos3) {
+            (_, false) => "off".to_owned(),
+            (None, true) => "from any source (anonymous access is on)".to_owned(),
+            (Some(nets), true) if nets.is_empty() => {
+                "off (anonymous access is off and mqttsn.qos3_sources is empty)".to_owned()
+            }
+            (Some(nets), true) => format!("from {} configured source range(s)", nets.len()),
+        };
+        info!(listener = "udp:mqttsn", %addr, qos_neg1 = %qos_neg1, "MQTT-SN gateway started");
+        addrs.mqttsn = Some(addr);
         let advertiser = sn.advertise.enabled.then(|| {
             let _ = socket.set_broadcast(true);
             (

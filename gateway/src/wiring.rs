@@ -1,7 +1,6 @@
 //! Turns the validated configuration into the core's and the channels'
 //! settings: one place where config keys meet runtime types.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use tributary_config::{
@@ -112,7 +111,7 @@ pub fn authorizer(config: &Config) -> RuleAuthorizer {
                 who.push(Who::ClientId(c.clone()));
             }
             if let Some(ip) = &r.ipaddr {
-                if let Some(net) = parse_net(ip) {
+                if let Some(net) = tributary_config::security::parse_ip_net(ip) {
                     who.push(Who::IpNet(net.0, net.1));
                 }
             }
@@ -139,16 +138,6 @@ pub fn authorizer(config: &Config) -> RuleAuthorizer {
 
 /// `1.2.3.0/24`, `::1`, or a plain address (full-length prefix). The
 /// config crate has validated the syntax already.
-fn parse_net(text: &str) -> Option<(IpAddr, u8)> {
-    match text.split_once('/') {
-        Some((addr, prefix)) => Some((addr.parse().ok()?, prefix.parse().ok()?)),
-        None => {
-            let addr: IpAddr = text.parse().ok()?;
-            Some((addr, if addr.is_ipv4() { 32 } else { 128 }))
-        }
-    }
-}
-
 /// MQTT channel settings for `config`.
 pub fn mqtt_channel(config: &Config) -> Arc<ChannelConfig> {
     let m = &config.mqtt;
@@ -196,6 +185,14 @@ pub fn mqttsn_channel(config: &Config) -> Arc<tributary_mqttsn::channel::Channel
         mountpoint: sn.mountpoint.clone(),
         predefined: Arc::new(predefined),
         enable_qos3: sn.enable_qos3,
+        // Anonymous access off: an unauthenticated datagram publishes only
+        // from a source the operator listed (checked at start-up).
+        qos3_sources: (!config.authentication.anonymous_allowed()).then(|| {
+            sn.qos3_sources
+                .iter()
+                .filter_map(|s| tributary_config::security::parse_ip_net(s))
+                .collect()
+        }),
         retry_interval: sn.retry_interval,
         max_retries: sn.max_retries,
         idle_timeout: sn.idle_timeout,

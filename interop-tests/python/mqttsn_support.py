@@ -208,12 +208,14 @@ def start_sn(start_broker):
             full.update(env or {})
             try:
                 b = start_broker(env=full, config=config)
-            except RuntimeError:
+                # The probed port may have gone to another UDP listener bound
+                # to port 0: then MQTT-SN cannot bind. Try another.
+                wait_for_gateway(sn_port)
+            except (RuntimeError, AssertionError):
                 if attempt == 2:
                     raise
                 continue
             b.sn_port = sn_port
-            wait_for_gateway(sn_port)
             return b
         raise AssertionError("unreachable")
 

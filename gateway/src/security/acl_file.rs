@@ -17,7 +17,6 @@
 //! rule matches. Regular expressions and QoS/retain conditions are not
 //! supported and are reported as errors with their line.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use tributary_core::auth::{AclRule, Permission, RuleAction, Who};
@@ -186,16 +185,7 @@ impl Parser<'_> {
 }
 
 fn parse_net(text: &str) -> Option<Who> {
-    let (addr, prefix) = match text.split_once('/') {
-        Some((a, p)) => (a, Some(p)),
-        None => (text, None),
-    };
-    let ip: IpAddr = addr.trim().parse().ok()?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let prefix = match prefix {
-        Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
-        None => max,
-    };
+    let (ip, prefix) = tributary_config::security::parse_ip_net(text)?;
     Some(Who::IpNet(ip, prefix))
 }
 

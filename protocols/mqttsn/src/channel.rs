@@ -76,6 +76,11 @@ pub struct ChannelConfig {
     pub predefined: Arc<Predefined>,
     /// Accept QoS −1 publishes (published as QoS 0).
     pub enable_qos3: bool,
+    /// Where connection-less QoS −1 publishes may come from, as (address,
+    /// prefix length) ranges; `None`: from anywhere (anonymous access is
+    /// on). Set while anonymous access is off, so an unauthenticated
+    /// datagram publishes only from a source the operator vouched for.
+    pub qos3_sources: Option<Vec<(std::net::IpAddr, u8)>>,
     /// Tretry: how long to wait for an acknowledgement before resending.
     pub retry_interval: Duration,
     /// Nretry: resends before the client is considered lost.
@@ -106,6 +111,7 @@ impl Default for ChannelConfig {
             mountpoint: String::new(),
             predefined: Arc::new(Predefined::default()),
             enable_qos3: true,
+            qos3_sources: None,
             retry_interval: Duration::from_secs(10),
             max_retries: 5,
             idle_timeout: Duration::from_secs(30),

@@ -34,6 +34,9 @@ pub struct Stats {
     pub qos_neg1_published: AtomicU64,
     /// QoS −1 publishes dropped (disabled, unknown id, denied).
     pub qos_neg1_dropped: AtomicU64,
+    /// Of those, connection-less ones from a source outside
+    /// `qos3_sources` while anonymous access is off.
+    pub qos_neg1_unauthenticated: AtomicU64,
 }
 
 impl Stats {
@@ -50,6 +53,10 @@ impl Stats {
             ("unknown_client", g(&self.unknown_client)),
             ("qos_neg1_published", g(&self.qos_neg1_published)),
             ("qos_neg1_dropped", g(&self.qos_neg1_dropped)),
+            (
+                "qos_neg1_unauthenticated",
+                g(&self.qos_neg1_unauthenticated),
+            ),
         ]
     }
 }
@@ -121,6 +128,15 @@ pub fn publish_qos_neg1(
     p: &Publish,
     now: Instant,
 ) -> bool {
+    if config.enable_qos3 && !source_allowed(config, peer) {
+        debug!(
+            ?peer,
+            "QoS -1 publish from a source not in mqttsn.qos3_sources; dropped"
+        );
+        Stats::inc(&stats.qos_neg1_unauthenticated);
+        Stats::inc(&stats.qos_neg1_dropped);
+        return false;
+    }
     let name = match p.topic_id_type {
         _ if !config.enable_qos3 => None,
         TopicIdType::Normal => None,
@@ -159,6 +175,17 @@ pub fn publish_qos_neg1(
     }
     Stats::inc(&stats.qos_neg1_published);
     true
+}
+
+/// Whether a connection-less QoS −1 publish may come from `peer`.
+fn source_allowed(config: &ChannelConfig, peer: Option<SocketAddr>) -> bool {
+    match (&config.qos3_sources, peer) {
+        (None, _) => true,
+        (Some(nets), Some(peer)) => nets
+            .iter()
+            .any(|(net, prefix)| tributary_core::auth::ip_in_net(peer.ip(), *net, *prefix)),
+        (Some(_), None) => false,
+    }
 }
 
 /// Who a client is: its address, and for clients behind a forwarder the
