@@ -154,6 +154,13 @@ pub trait Authorizer: Send + Sync + std::fmt::Debug {
     /// Check one action on one topic (a name for publish, a filter for
     /// subscribe, without any `$share/` prefix).
     fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> Permission;
+
+    /// Whether a rule allows this action by name, not merely by a no-match
+    /// default. Publishing to `$SYS` needs such a rule. No rules, no
+    /// explicit allow.
+    fn explicitly_allows(&self, _client: &ClientInfo, _action: Action, _topic: &str) -> bool {
+        false
+    }
 }
 
 /// Who a rule applies to.
@@ -264,8 +271,9 @@ fn topic_matches(rule_topic: &str, client: &ClientInfo, action: Action, topic: &
     }
 }
 
-impl Authorizer for RuleAuthorizer {
-    fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> Permission {
+impl RuleAuthorizer {
+    /// The permission of the first rule that matches, if any does.
+    fn first_match(&self, client: &ClientInfo, action: Action, topic: &str) -> Option<Permission> {
         for rule in &self.rules {
             let action_ok = matches!(
                 (rule.action, action),
@@ -282,10 +290,21 @@ impl Authorizer for RuleAuthorizer {
                 .iter()
                 .any(|t| topic_matches(t, client, action, topic))
             {
-                return rule.permission;
+                return Some(rule.permission);
             }
         }
-        self.no_match
+        None
+    }
+}
+
+impl Authorizer for RuleAuthorizer {
+    fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> Permission {
+        self.first_match(client, action, topic)
+            .unwrap_or(self.no_match)
+    }
+
+    fn explicitly_allows(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+        self.first_match(client, action, topic) == Some(Permission::Allow)
     }
 }
 
@@ -300,6 +319,30 @@ mod tests {
             peer: Some("10.1.2.3:5000".parse().expect("addr")),
             protocol: "mqtt",
         }
+    }
+
+    #[test]
+    fn only_a_matching_allow_rule_allows_explicitly() {
+        let authz = RuleAuthorizer {
+            rules: vec![AclRule {
+                permission: Permission::Allow,
+                who: vec![Who::Username("monitor".into())],
+                action: RuleAction::Publish,
+                topics: vec!["$SYS/external/#".into()],
+            }],
+            no_match: Permission::Allow,
+        };
+        let monitor = client(Some("monitor"));
+        let other = client(Some("other"));
+        let topic = "$SYS/external/x";
+        assert!(authz.explicitly_allows(&monitor, Action::Publish, topic));
+        // Allowed by the no-match default, but not by name.
+        assert_eq!(
+            authz.authorize(&other, Action::Publish, topic),
+            Permission::Allow
+        );
+        assert!(!authz.explicitly_allows(&other, Action::Publish, topic));
+        assert!(!authz.explicitly_allows(&monitor, Action::Subscribe, topic));
     }
 
     #[test]

@@ -210,7 +210,13 @@ impl Broker {
 
     /// Check whether `client` may perform `action` on `topic`; denials are counted.
     pub fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
-        let allowed = self.authorizer.authorize(client, action, topic) == Permission::Allow;
+        let allowed = if action == Action::Publish && is_sys_topic(topic) {
+            // `$SYS` is the broker's: a client publishes (or leaves a will)
+            // there only where a rule says so by name.
+            self.authorizer.explicitly_allows(client, action, topic)
+        } else {
+            self.authorizer.authorize(client, action, topic) == Permission::Allow
+        };
         if !allowed {
             match action {
                 Action::Publish => self.metrics.inc(&self.metrics.publish_denied),
@@ -636,4 +642,11 @@ fn json_string(s: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// `$SYS` or below it.
+fn is_sys_topic(topic: &str) -> bool {
+    topic
+        .strip_prefix("$SYS")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }

@@ -71,6 +71,11 @@ impl Authorizer for ReloadingAcl {
         let rules = self.current.read().clone();
         rules.authorize(client, action, topic)
     }
+
+    fn explicitly_allows(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+        let rules = self.current.read().clone();
+        rules.explicitly_allows(client, action, topic)
+    }
 }
 
 /// The broker's handle on a [`ReloadingAcl`] that [`watch`] also holds.
@@ -80,6 +85,10 @@ pub struct SharedAcl(pub Arc<ReloadingAcl>);
 impl Authorizer for SharedAcl {
     fn authorize(&self, client: &ClientInfo, action: Action, topic: &str) -> Permission {
         self.0.authorize(client, action, topic)
+    }
+
+    fn explicitly_allows(&self, client: &ClientInfo, action: Action, topic: &str) -> bool {
+        self.0.explicitly_allows(client, action, topic)
     }
 }
 
