@@ -127,6 +127,12 @@ pub struct JwtAuth {
     /// client's. E.g. `{ sub = "${clientid}" }`. `exp` and `nbf` are always checked when present.
     /// Default none.
     pub verify_claims: BTreeMap<String, String>,
+    /// Refuse a token without an `exp` claim (one that would never expire). Default true.
+    pub require_exp: bool,
+    /// How far the issuer's clock may run ahead of ours: a token whose `nbf` is at most this
+    /// far in the future is accepted. At most 5 min. Default 30 s.
+    #[serde(with = "duration")]
+    pub clock_skew: Duration,
 }
 
 impl Default for JwtAuth {
@@ -139,6 +145,8 @@ impl Default for JwtAuth {
             public_key: String::new(),
             from: JwtFrom::Password,
             verify_claims: BTreeMap::new(),
+            require_exp: true,
+            clock_skew: Duration::from_secs(30),
         }
     }
 }
@@ -236,6 +244,9 @@ impl AuthenticationConfig {
             );
         }
         let jwt = &self.jwt;
+        if jwt.clock_skew > Duration::from_secs(300) {
+            push("jwt.clock_skew", "must be at most 5m");
+        }
         if jwt.enabled {
             match jwt.algorithm {
                 JwtAlgorithm::Hs256 if jwt.secret.is_empty() => {

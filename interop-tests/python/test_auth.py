@@ -195,6 +195,25 @@ verify_claims = { clientid = "${clientid}" }
     forged = hs256(b"other-secret", {"clientid": "j1"})
     assert connect(broker.port, "j1", V311, "any", forged) == BAD_CREDENTIALS[V311]
     assert connect(broker.port, "j1", V311, "any", "not-a-token") == BAD_CREDENTIALS[V311]
+    # Attack (issue #16): a correctly signed token that never expires.
+    forever = hs256(b"jwt-secret", {"clientid": "j1"})
+    assert connect(broker.port, "j1", V311, "any", forever) == BAD_CREDENTIALS[V311]
+    # An issuer whose clock runs a few seconds ahead: within the default skew.
+    ahead = hs256(b"jwt-secret", {"clientid": "j1", "nbf": now + 10, "exp": now + 60})
+    assert connect(broker.port, "j1", V311, "any", ahead) == 0
+    too_early = hs256(b"jwt-secret", {"clientid": "j1", "nbf": now + 120, "exp": now + 600})
+    assert connect(broker.port, "j1", V311, "any", too_early) == BAD_CREDENTIALS[V311]
+
+
+def test_jwt_without_exp_where_the_operator_allows_it(start_broker):
+    broker = start_broker(config="""
+[authentication.jwt]
+enabled = true
+secret = "jwt-secret"
+require_exp = false
+""")
+    forever = hs256(b"jwt-secret", {"sub": "legacy-device"})
+    assert connect(broker.port, "legacy", V311, "any", forever) == 0
 
 
 def test_jwt_rs256(start_broker, tmp_path):

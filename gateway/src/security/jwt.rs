@@ -5,8 +5,9 @@
 //! A password (or user name, per `from`) that is not three dot-separated
 //! parts is not a token: the backend ignores it and the chain goes on. A
 //! token is refused when its header names another algorithm, its signature
-//! does not verify, `exp` has passed, `nbf` has not come, or a claim named
-//! in `verify_claims` differs (`${clientid}` / `${username}` expand).
+//! does not verify, `exp` has passed or is missing (unless `require_exp` is
+//! off), `nbf` is further ahead than `clock_skew`, or a claim named in
+//! `verify_claims` differs (`${clientid}` / `${username}` expand).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -57,6 +58,9 @@ pub struct JwtVerifier {
     key: Key,
     from: JwtFrom,
     verify_claims: BTreeMap<String, String>,
+    require_exp: bool,
+    /// Seconds an `nbf` may be ahead of our clock.
+    clock_skew: f64,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -98,6 +102,8 @@ impl JwtVerifier {
             key,
             from: c.from,
             verify_claims: c.verify_claims.clone(),
+            require_exp: c.require_exp,
+            clock_skew: c.clock_skew.as_secs_f64(),
         })
     }
 
@@ -151,15 +157,17 @@ impl JwtVerifier {
         let Ok(Value::Object(claims)) = serde_json::from_slice::<Value>(&payload_json) else {
             return Verdict::Invalid("claims are not a JSON object");
         };
-        if let Some(exp) = claims.get("exp") {
-            match exp.as_f64() {
+        match claims.get("exp") {
+            Some(exp) => match exp.as_f64() {
                 Some(exp) if now < exp => {}
                 _ => return Verdict::Invalid("expired"),
-            }
+            },
+            None if self.require_exp => return Verdict::Invalid("no exp claim"),
+            None => {}
         }
         if let Some(nbf) = claims.get("nbf") {
             match nbf.as_f64() {
-                Some(nbf) if now >= nbf => {}
+                Some(nbf) if now + self.clock_skew >= nbf => {}
                 _ => return Verdict::Invalid("not yet valid"),
             }
         }
@@ -237,20 +245,40 @@ mod tests {
             v.verify_token(&wrong_key, &c, 0.0),
             Verdict::Invalid("bad signature")
         );
-        let wrong_sub = hs256("k3y", r#"{"sub":"dev-2"}"#);
+        let wrong_sub = hs256("k3y", r#"{"sub":"dev-2","exp":2000}"#);
         assert_eq!(
             v.verify_token(&wrong_sub, &c, 0.0),
             Verdict::Invalid("claim mismatch")
         );
-        let early = hs256("k3y", r#"{"sub":"dev-1","nbf":50}"#);
+        let early = hs256("k3y", r#"{"sub":"dev-1","nbf":50,"exp":2000}"#);
         assert_eq!(
             v.verify_token(&early, &c, 10.0),
             Verdict::Invalid("not yet valid")
         );
+        // Within the default 30 s of clock skew.
+        assert_eq!(v.verify_token(&early, &c, 25.0), Verdict::Valid);
         assert_eq!(
             v.verify_token("plain-password", &c, 0.0),
             Verdict::NotAToken
         );
+    }
+
+    #[test]
+    fn a_token_without_exp_is_refused_unless_configured() {
+        let c = client();
+        let forever = hs256("k3y", r#"{"sub":"dev-1"}"#);
+        assert_eq!(
+            verifier(&[]).verify_token(&forever, &c, 0.0),
+            Verdict::Invalid("no exp claim")
+        );
+        let lenient = JwtVerifier::new(&JwtAuth {
+            enabled: true,
+            secret: "k3y".into(),
+            require_exp: false,
+            ..JwtAuth::default()
+        })
+        .expect("verifier");
+        assert_eq!(lenient.verify_token(&forever, &c, 0.0), Verdict::Valid);
     }
 
     #[test]
