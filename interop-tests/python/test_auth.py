@@ -394,6 +394,50 @@ scram = true
     raw.close()
 
 
+def scram_server_first(port: int, user: str) -> dict[str, str]:
+    """The server-first message's fields for `user` (the exchange is then dropped)."""
+    raw = rawmqtt.RawClient(port, rawmqtt.V5)
+    try:
+        bare = f"n={user},r={base64.b64encode(os.urandom(12)).decode()}"
+        raw.send(rawmqtt.connect(rawmqtt.V5, f"probe-{user}", props=[
+            (rawmqtt.AUTH_METHOD, "SCRAM-SHA-256"), (rawmqtt.AUTH_DATA, f"n,,{bare}".encode())]))
+        p = raw.expect(rawmqtt.AUTH)
+        text = rawmqtt.read_properties(p.body, 1)[0][rawmqtt.AUTH_DATA].decode()
+        return dict(field.split("=", 1) for field in text.split(","))
+    finally:
+        raw.close()
+
+
+def test_scram_does_not_tell_unknown_users_from_known_ones(start_broker, tmp_path):
+    # Attack (issue #16): probe user names through SCRAM's server-first
+    # message. An unknown user's salt used to be an HMAC under a constant in
+    # the source (computable by anyone) with the default iteration count.
+    path = tmp_path / "users.txt"
+    for name in ("sam", "sue"):
+        r = subprocess.run([str(BIN), "users", "add", "--file", str(path), "--iterations", "10000", name],
+                           input="pw\n", capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+    config = f"""
+[authentication.built_in_database]
+enabled = true
+users_file = "{path}"
+scram = true
+"""
+    broker = start_broker(config=config)
+    known, unknown = scram_server_first(broker.port, "sam"), scram_server_first(broker.port, "mallory")
+    assert known["i"] == unknown["i"] == "10000"
+    assert len(base64.b64decode(unknown["s"])) == len(base64.b64decode(known["s"])) == 16
+    public = hmac.new(b"tributary-scram-unknown-user", b"mallory", hashlib.sha256).digest()[:16]
+    assert base64.b64decode(unknown["s"]) != public
+    # Stable for the same name, also after a restart (a changing salt would
+    # give the name away).
+    assert scram_server_first(broker.port, "mallory")["s"] == unknown["s"]
+    broker.terminate()
+    again = start_broker(config=config)
+    assert scram_server_first(again.port, "mallory")["s"] == unknown["s"]
+    assert os.stat(f"{path}.scram-secret").st_mode & 0o077 == 0
+
+
 # ------------------------------------------------------------ ACL
 
 ACL_FILE = """

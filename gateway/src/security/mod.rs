@@ -20,6 +20,7 @@
 
 pub mod acl_file;
 pub mod acl_reload;
+pub mod decoy;
 pub mod http;
 pub mod jwt;
 pub mod scram;

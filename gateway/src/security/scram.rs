@@ -12,7 +12,6 @@
 //! unknown user gets a made-up salt and fails at the proof, so the exchange
 //! does not reveal which users exist.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD;
@@ -121,12 +120,7 @@ impl EnhancedAuth for ScramExchange {
                 let credential = self.db.get(&user);
                 let (salt, iterations) = match &credential {
                     Some(c) => (c.salt.clone(), c.iterations),
-                    None => (
-                        hmac_sha256(b"tributary-scram-unknown-user", user.as_bytes())[..16]
-                            .to_vec(),
-                        NonZeroU32::new(super::userdb::DEFAULT_ITERATIONS)
-                            .unwrap_or(NonZeroU32::MIN),
-                    ),
+                    None => self.db.decoy(&user),
                 };
                 let server_first = format!("r={nonce},s={},i={iterations}", STANDARD.encode(salt));
                 let out = server_first.clone().into_bytes();
@@ -193,6 +187,7 @@ impl EnhancedAuth for ScramExchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     /// A client side of the exchange, as a test oracle (RFC 5802 §3).
     fn client_final(

@@ -192,8 +192,17 @@ fn read(path: &Path) -> Result<(HashMap<String, Credential>, Option<SystemTime>)
 #[derive(Debug)]
 struct Loaded {
     users: Arc<HashMap<String, Credential>>,
+    /// The iteration count most users have, for made-up credentials.
+    typical_iterations: NonZeroU32,
     stamp: Option<SystemTime>,
     checked: Instant,
+}
+
+impl Loaded {
+    fn set_users(&mut self, users: HashMap<String, Credential>) {
+        self.typical_iterations = super::decoy::typical_iterations(&users);
+        self.users = Arc::new(users);
+    }
 }
 
 /// The users file, re-read when it changes.
@@ -201,6 +210,7 @@ struct Loaded {
 pub struct UserDb {
     path: PathBuf,
     state: Mutex<Loaded>,
+    decoy: super::decoy::Decoy,
 }
 
 impl UserDb {
@@ -208,8 +218,10 @@ impl UserDb {
     pub fn open(path: &Path) -> Result<UserDb, UserDbError> {
         let (users, stamp) = read(path)?;
         Ok(UserDb {
+            decoy: super::decoy::Decoy::for_users_file(path),
             path: path.to_owned(),
             state: Mutex::new(Loaded {
+                typical_iterations: super::decoy::typical_iterations(&users),
                 users: Arc::new(users),
                 stamp,
                 checked: Instant::now(),
@@ -232,7 +244,7 @@ impl UserDb {
                 match read(&self.path) {
                     Ok((users, _)) => {
                         info!(file = %self.path.display(), users = users.len(), "users file reloaded");
-                        st.users = Arc::new(users);
+                        st.set_users(users);
                     }
                     Err(e) => {
                         warn!(error = %e, "users file not reloaded; keeping the previous users")
@@ -248,13 +260,22 @@ impl UserDb {
         self.users().get(user).cloned()
     }
 
+    /// What SCRAM announces for `user`, who does not exist: a salt no one
+    /// can compute without this installation's secret, and the iteration
+    /// count real users have ([`super::decoy`]).
+    pub fn decoy(&self, user: &str) -> (Vec<u8>, NonZeroU32) {
+        let _ = self.users(); // re-read first if the file changed
+        let iterations = self.state.lock().typical_iterations;
+        (self.decoy.salt(user), iterations)
+    }
+
     /// Re-read the file now (SIGHUP), whatever its modification time says.
     pub fn reload(&self) {
         let mut st = self.state.lock();
         match read(&self.path) {
             Ok((users, stamp)) => {
                 info!(file = %self.path.display(), users = users.len(), "users file reloaded");
-                st.users = Arc::new(users);
+                st.set_users(users);
                 st.stamp = stamp;
                 st.checked = Instant::now();
             }
