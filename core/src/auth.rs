@@ -10,12 +10,12 @@
 //! enhanced authentication (§4.12) is a sequence of [`EnhancedAuth::step`]s
 //! obtained from [`Authenticator::enhanced`]. See ADR 0011.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 
 use crate::session::ClientInfo;
-use crate::topic::matches;
 
 /// Outcome of an authentication attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -260,14 +260,64 @@ fn topic_matches(rule_topic: &str, client: &ClientInfo, action: Action, topic: &
     if let Some(exact) = rule_topic.strip_prefix("eq ") {
         return exact == topic;
     }
-    let filled = rule_topic
-        .replace("%u", client.username.as_deref().unwrap_or("%u"))
-        .replace("%c", &client.client_id);
-    match action {
-        Action::Publish => matches(topic, &filled),
-        // A subscription is covered when the rule's filter covers every
-        // topic it could match: equal, or the rule matches it level-wise.
-        Action::Subscribe => filled == topic || matches(topic, &filled),
+    let pattern = rule_levels(rule_topic, client);
+    let target: Vec<&str> = topic.split('/').collect();
+    // A topic starting with '$' is not matched by a leading wildcard
+    // [MQTT-4.7.2-1].
+    if topic.starts_with('$') && matches!(pattern.first(), Some(Level::Plus | Level::Hash)) {
+        return false;
+    }
+    // A subscription is allowed when the rule's filter covers every topic
+    // it could match.
+    covers(&pattern, &target, action == Action::Subscribe)
+}
+
+/// One level of a rule's filter after `%u` / `%c` were filled in.
+#[derive(Debug, PartialEq)]
+enum Level<'a> {
+    Plus,
+    Hash,
+    /// Text to match exactly: what the rule wrote, or what a client's
+    /// identity put there (where `+` and `#` are plain characters, so an
+    /// identity can never widen a rule).
+    Literal(Cow<'a, str>),
+}
+
+fn rule_levels<'a>(rule_topic: &'a str, client: &ClientInfo) -> Vec<Level<'a>> {
+    let mut out = Vec::new();
+    for level in rule_topic.split('/') {
+        match level {
+            "+" => out.push(Level::Plus),
+            "#" => out.push(Level::Hash),
+            l if l.contains("%u") || l.contains("%c") => {
+                let filled = l
+                    .replace("%u", client.username.as_deref().unwrap_or("%u"))
+                    .replace("%c", &client.client_id);
+                // An identity with '/' spans levels, as it always did.
+                out.extend(
+                    filled
+                        .split('/')
+                        .map(|p| Level::Literal(Cow::Owned(p.to_owned()))),
+                );
+            }
+            l => out.push(Level::Literal(Cow::Borrowed(l))),
+        }
+    }
+    out
+}
+
+/// Whether `pattern` covers `target`: a topic name, or (`filter`) a
+/// subscription filter, whose own wildcards only a rule's wildcards cover.
+fn covers(pattern: &[Level<'_>], target: &[&str], filter: bool) -> bool {
+    match (pattern.split_first(), target.split_first()) {
+        (Some((Level::Hash, _)), _) | (None, None) => true,
+        (Some((Level::Plus, rest)), Some((t, more))) => {
+            !(filter && *t == "#") && covers(rest, more, filter)
+        }
+        (Some((Level::Literal(l), rest)), Some((t, more))) => {
+            !(filter && (*t == "+" || *t == "#")) && l == t && covers(rest, more, filter)
+        }
+        _ => false,
     }
 }
 
@@ -319,6 +369,70 @@ mod tests {
             peer: Some("10.1.2.3:5000".parse().expect("addr")),
             protocol: "mqtt",
         }
+    }
+
+    #[test]
+    fn a_wildcard_in_an_identity_never_widens_a_rule() {
+        let own = RuleAuthorizer {
+            rules: vec![AclRule {
+                permission: Permission::Allow,
+                who: vec![Who::All],
+                action: RuleAction::All,
+                topics: vec!["clients/%c/#".into(), "users/%u/+".into()],
+            }],
+            no_match: Permission::Deny,
+        };
+        let named = |id: &str, user: &str| ClientInfo {
+            client_id: id.into(),
+            username: Some(user.into()),
+            peer: None,
+            protocol: "mqtt",
+        };
+        let honest = named("c1", "u1");
+        assert_eq!(
+            own.authorize(&honest, Action::Publish, "clients/c1/x"),
+            Permission::Allow
+        );
+        assert_eq!(
+            own.authorize(&honest, Action::Subscribe, "clients/c1/#"),
+            Permission::Allow
+        );
+        assert_eq!(
+            own.authorize(&honest, Action::Subscribe, "users/u1/+"),
+            Permission::Allow
+        );
+        assert_eq!(
+            own.authorize(&honest, Action::Publish, "clients/c2/x"),
+            Permission::Deny
+        );
+        for (id, user) in [("#", "#"), ("+", "+")] {
+            let wild = named(id, user);
+            for topic in ["clients/c1/x", "users/u1/x"] {
+                assert_eq!(
+                    own.authorize(&wild, Action::Publish, topic),
+                    Permission::Deny,
+                    "{id} {topic}"
+                );
+            }
+            for filter in [
+                "clients/#",
+                "clients/+/#",
+                "clients/c1/#",
+                "users/+/+",
+                "users/#",
+            ] {
+                assert_eq!(
+                    own.authorize(&wild, Action::Subscribe, filter),
+                    Permission::Deny,
+                    "{id} {filter}"
+                );
+            }
+        }
+        // A rule's own '+' does not cover a subscription's '#'.
+        assert_eq!(
+            own.authorize(&honest, Action::Subscribe, "users/u1/#"),
+            Permission::Deny
+        );
     }
 
     #[test]

@@ -518,6 +518,29 @@ def test_acl_file_is_reloaded_on_change_and_sighup(start_broker, tmp_path, clien
         assert time.monotonic() < deadline, "ACL not reloaded on SIGHUP"
 
 
+def test_a_wildcard_client_id_does_not_widen_a_placeholder_rule(start_broker, raw):
+    # Attack (issue #16): client ids "+" and "#" against a rule written for
+    # each client's own subtree.
+    broker = start_broker(config="""
+[authorization]
+no_match = "deny"
+
+[[authorization.rules]]
+permission = "allow"
+action = "all"
+topics = ["clients/%c/#"]
+""")
+    for wild in ("+", "#"):
+        c = raw(broker.port, rawmqtt.V5)
+        assert c.connect(client_id=wild).rc == 0
+        assert c.subscribe([("clients/victim/#", 1)]) == [0x87], wild
+        c.send(rawmqtt.publish("clients/victim/cmd", b"x", qos=1, packet_id=5, version=rawmqtt.V5))
+        assert c.expect(rawmqtt.PUBACK).body[:3] == b"\x00\x05\x87", wild
+    ok = raw(broker.port, rawmqtt.V5)
+    assert ok.connect(client_id="victim").rc == 0
+    assert ok.subscribe([("clients/victim/#", 1)]) == [1]
+
+
 def test_denied_publish_gets_0x87_on_mqtt5(start_broker, raw):
     broker = start_broker(config="""
 [[authorization.rules]]
