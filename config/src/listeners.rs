@@ -141,9 +141,14 @@ pub struct WsListener {
     pub tcp_nodelay: bool,
     /// HTTP path of the WebSocket endpoint; other paths get 404. Starts with `/`. Default `"/mqtt"`.
     pub path: String,
-    /// Header naming the client's address when behind a proxy (`"x-forwarded-for"`: its first
-    /// address is the client's, for ACL and logs). Empty = use the socket's peer. Default `""`.
+    /// Header naming the client's address when behind a proxy (`"x-forwarded-for"` or
+    /// `"forwarded"`), for ACL and logs. Honoured only on connections from `trusted_proxies`;
+    /// the client is the rightmost address in it that is not a trusted proxy. Empty = use the
+    /// socket's peer. Default `""`.
     pub proxy_address_header: String,
+    /// Addresses or CIDR ranges of the proxies whose `proxy_address_header` is believed.
+    /// Default `["127.0.0.1", "::1"]` (a proxy on the same host).
+    pub trusted_proxies: Vec<String>,
     /// Largest WebSocket message accepted, in bytes. At least 1024. Default 1 MiB plus 1 KiB
     /// (one maximum-size MQTT packet and framing).
     pub max_frame_size: u32,
@@ -159,6 +164,7 @@ impl Default for WsListener {
             tcp_nodelay: true,
             path: "/mqtt".to_owned(),
             proxy_address_header: String::new(),
+            trusted_proxies: vec!["127.0.0.1".to_owned(), "::1".to_owned()],
             max_frame_size: 1024 * 1024 + 1024,
         }
     }
@@ -184,6 +190,8 @@ pub struct WssListener {
     pub path: String,
     /// As for `ws` listeners. Default `""`.
     pub proxy_address_header: String,
+    /// As for `ws` listeners. Default `["127.0.0.1", "::1"]`.
+    pub trusted_proxies: Vec<String>,
     /// Largest WebSocket message accepted, in bytes. Default 1 MiB plus 1 KiB.
     pub max_frame_size: u32,
     /// Certificates and client verification.
@@ -201,6 +209,7 @@ impl Default for WssListener {
             tcp_nodelay: true,
             path: ws.path,
             proxy_address_header: String::new(),
+            trusted_proxies: ws.trusted_proxies,
             max_frame_size: ws.max_frame_size,
             ssl_options: TlsOptions::default(),
         }
@@ -218,6 +227,7 @@ impl WssListener {
             tcp_nodelay: self.tcp_nodelay,
             path: self.path.clone(),
             proxy_address_header: self.proxy_address_header.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
             max_frame_size: self.max_frame_size,
         }
     }
@@ -277,7 +287,16 @@ pub(crate) fn check_tls(prefix: &str, t: &TlsOptions, out: &mut Vec<ConfigProble
     }
 }
 
-fn check_ws(prefix: &str, path: &str, header: &str, frame: u32, out: &mut Vec<ConfigProblem>) {
+fn check_ws(prefix: &str, w: &WsListener, out: &mut Vec<ConfigProblem>) {
+    let (path, header, frame) = (&w.path, &w.proxy_address_header, w.max_frame_size);
+    for (i, p) in w.trusted_proxies.iter().enumerate() {
+        if crate::security::parse_ip_net(p).is_none() {
+            out.push(ConfigProblem::new(
+                format!("{prefix}.trusted_proxies[{i}]"),
+                format!("must be an address or a CIDR range, got {p:?}"),
+            ));
+        }
+    }
     if !path.starts_with('/') {
         out.push(ConfigProblem::new(
             format!("{prefix}.path"),
@@ -333,13 +352,7 @@ pub(crate) fn check_listener_kinds(config: &Config, out: &mut Vec<ConfigProblem>
                 format!("must be at least 1, got {}", w.max_connections),
             ));
         }
-        check_ws(
-            &prefix,
-            &w.path,
-            &w.proxy_address_header,
-            w.max_frame_size,
-            out,
-        );
+        check_ws(&prefix, w, out);
         if w.enabled {
             binds.push((prefix, w.bind));
         }
@@ -352,13 +365,7 @@ pub(crate) fn check_listener_kinds(config: &Config, out: &mut Vec<ConfigProblem>
                 format!("must be at least 1, got {}", w.max_connections),
             ));
         }
-        check_ws(
-            &prefix,
-            &w.path,
-            &w.proxy_address_header,
-            w.max_frame_size,
-            out,
-        );
+        check_ws(&prefix, &w.ws(), out);
         check_tls(&format!("{prefix}.ssl_options"), &w.ssl_options, out);
         if w.enabled && w.ssl_options.is_configured() {
             binds.push((prefix, w.bind));
@@ -407,7 +414,23 @@ mod tests {
     #[test]
     fn ws_path_and_header() {
         let mut out = Vec::new();
-        check_ws("w", "mqtt", "x forwarded", 10, &mut out);
-        assert_eq!(out.len(), 3);
+        let w = WsListener {
+            path: "mqtt".into(),
+            proxy_address_header: "x forwarded".into(),
+            max_frame_size: 10,
+            trusted_proxies: vec!["10.0.0.0/8".into(), "proxy.example".into()],
+            ..WsListener::default()
+        };
+        check_ws("w", &w, &mut out);
+        let keys: Vec<_> = out.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "w.trusted_proxies[1]",
+                "w.path",
+                "w.proxy_address_header",
+                "w.max_frame_size"
+            ]
+        );
     }
 }

@@ -238,7 +238,7 @@ pub async fn start_all(
     }
     for (name, w) in &l.ws {
         if w.enabled {
-            let settings = ws_settings(&w.path, &w.proxy_address_header, w.max_frame_size);
+            let settings = ws_settings(w);
             planned.push(Planned {
                 name,
                 bind: w.bind,
@@ -258,7 +258,7 @@ pub async fn start_all(
                 .with_context(|| format!("listeners.wss.{name}.ssl_options"))?,
         );
         tls_sources.push(tls.clone());
-        let settings = ws_settings(&w.path, &w.proxy_address_header, w.max_frame_size);
+        let settings = ws_settings(&w.ws());
         planned.push(Planned {
             name,
             bind: w.bind,
@@ -311,11 +311,17 @@ pub async fn start_all(
     Ok((stats_out, tcp_addrs))
 }
 
-fn ws_settings(path: &str, header: &str, max_frame_size: u32) -> WsSettings {
+fn ws_settings(w: &tributary_config::WsListener) -> WsSettings {
+    let header = &w.proxy_address_header;
     WsSettings {
-        path: path.to_owned(),
+        path: w.path.clone(),
         proxy_address_header: (!header.is_empty()).then(|| header.to_ascii_lowercase()),
-        max_frame_size: max_frame_size as usize,
+        trusted_proxies: w
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| tributary_config::security::parse_ip_net(p))
+            .collect(),
+        max_frame_size: w.max_frame_size as usize,
     }
 }
 

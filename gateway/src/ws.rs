@@ -7,8 +7,9 @@
 //! is echoed; a client that offers none is accepted without one (some
 //! clients send no header), a client that offers only unsupported ones is
 //! refused with 400 (RFC 6455 §4.2.2 would leave it to fail the connection).
-//! With `proxy_address_header` set, the first address of that header
-//! becomes the client's address.
+//! With `proxy_address_header` set, on a connection from one of the
+//! `trusted_proxies`, the rightmost address of that header that is not a
+//! trusted proxy becomes the client's address ([`forwarded_address`]).
 //!
 //! Data: binary messages only [MQTT-6.0.0-1]; a text message closes the
 //! connection. Messages are concatenated into one byte stream, so a packet
@@ -37,8 +38,10 @@ pub const SUBPROTOCOLS: &[&str] = &["mqtt", "mqttv3.1", "mqtt-v3", "mqtt-v3.1.1"
 pub struct WsSettings {
     /// The endpoint path, e.g. `/mqtt`.
     pub path: String,
-    /// Lower-case header name carrying the client address, if trusted.
+    /// Lower-case header name carrying the client address, if one is set.
     pub proxy_address_header: Option<String>,
+    /// The proxies (address, prefix length) whose header is believed.
+    pub trusted_proxies: Vec<(IpAddr, u8)>,
     /// Largest message accepted.
     pub max_frame_size: usize,
 }
@@ -72,13 +75,47 @@ pub fn choose_subprotocol<'a>(offered: impl Iterator<Item = &'a str>) -> Subprot
     }
 }
 
-/// The first address in a forwarding header (`X-Forwarded-For: client, proxy1`).
-pub fn forwarded_address(value: &str) -> Option<IpAddr> {
-    let first = value.split(',').next()?.trim();
-    first
-        .parse::<IpAddr>()
+/// The client's address in a forwarding header: `X-Forwarded-For: client,
+/// proxy1` or RFC 7239 `Forwarded: for=client, for="[2001:db8::1]:4711"`.
+/// Each proxy appends what it saw, so only the right end is vouched for:
+/// the client is the rightmost address that is not a trusted proxy (the
+/// leftmost when all are). `None` when an entry there is not an address.
+pub fn forwarded_address(value: &str, trusted: &[(IpAddr, u8)]) -> Option<IpAddr> {
+    let mut entries: Vec<&str> = value.split(',').map(str::trim).collect();
+    let is_trusted = |ip: &IpAddr| {
+        trusted
+            .iter()
+            .any(|(net, prefix)| tributary_core::auth::ip_in_net(*ip, *net, *prefix))
+    };
+    let mut leftmost = None;
+    while let Some(entry) = entries.pop() {
+        let ip = entry_address(entry)?;
+        if !is_trusted(&ip) {
+            return Some(ip);
+        }
+        leftmost = Some(ip);
+    }
+    leftmost
+}
+
+/// One entry: a bare address, `address:port`, or a `Forwarded` element
+/// with `for=` (quoted, bracketed IPv6, with or without a port).
+fn entry_address(entry: &str) -> Option<IpAddr> {
+    let node = match entry.split(';').find_map(|pair| {
+        pair.trim()
+            .strip_prefix("for=")
+            .or_else(|| pair.trim().strip_prefix("For="))
+    }) {
+        Some(node) => node.trim_matches('"'),
+        None => entry,
+    };
+    node.parse::<IpAddr>()
         .ok()
-        .or_else(|| first.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| node.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            let inner = node.strip_prefix('[')?.split(']').next()?;
+            inner.parse::<IpAddr>().ok()
+        })
 }
 
 fn reject(status: StatusCode, why: &str) -> ErrorResponse {
@@ -120,12 +157,16 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin + Send>(
                 ))
             }
         }
-        if let Some(header) = &settings.proxy_address_header {
+        let from_proxy = settings
+            .trusted_proxies
+            .iter()
+            .any(|(net, prefix)| tributary_core::auth::ip_in_net(peer.ip(), *net, *prefix));
+        if let (Some(header), true) = (&settings.proxy_address_header, from_proxy) {
             if let Some(ip) = req
                 .headers()
                 .get(header.as_str())
                 .and_then(|v| v.to_str().ok())
-                .and_then(forwarded_address)
+                .and_then(|v| forwarded_address(v, &settings.trusted_proxies))
             {
                 client_addr = SocketAddr::new(ip, peer.port());
             }
@@ -252,16 +293,32 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_takes_the_first_address() {
+    fn the_client_is_the_rightmost_address_no_trusted_proxy_wrote() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        let trusted = [("10.0.0.0".parse().expect("ip"), 8)];
+        // A client that sends its own header cannot choose its address: the
+        // proxy appended the one it saw.
         assert_eq!(
-            forwarded_address("203.0.113.7, 10.0.0.1"),
-            Some("203.0.113.7".parse().expect("ip"))
+            forwarded_address("6.6.6.6, 203.0.113.7", &trusted),
+            ip("203.0.113.7")
         );
         assert_eq!(
-            forwarded_address("2001:db8::1"),
-            Some("2001:db8::1".parse().expect("ip"))
+            forwarded_address("203.0.113.7, 10.0.0.1", &trusted),
+            ip("203.0.113.7")
         );
-        assert_eq!(forwarded_address("unknown"), None);
+        assert_eq!(
+            forwarded_address("10.0.0.2, 10.0.0.1", &trusted),
+            ip("10.0.0.2")
+        );
+        assert_eq!(forwarded_address("2001:db8::1", &[]), ip("2001:db8::1"));
+        assert_eq!(
+            forwarded_address(
+                r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711""#,
+                &[]
+            ),
+            ip("2001:db8:cafe::17")
+        );
+        assert_eq!(forwarded_address("unknown", &[]), None);
     }
 
     #[tokio::test]
@@ -272,6 +329,7 @@ mod tests {
         let settings = WsSettings {
             path: "/mqtt".into(),
             proxy_address_header: Some("x-forwarded-for".into()),
+            trusted_proxies: vec![("127.0.0.1".parse().expect("ip"), 32)],
             max_frame_size: 1 << 20,
         };
         let peer: SocketAddr = "127.0.0.1:9".parse().expect("addr");

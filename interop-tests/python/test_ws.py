@@ -189,16 +189,35 @@ def test_text_frames_close_the_connection(start_broker):
     ws.close()
 
 
-def test_x_forwarded_for_sets_the_client_address(start_broker):
+def client_ip(start_broker, listener_toml: str, header: str, value: str) -> str:
     api_port = free_port()
-    _, ws_port = ws_broker(start_broker, '[listeners.ws.default]\nproxy_address_header = "x-forwarded-for"\n',
-                           api_port=api_port)
-    ws = RawWs(ws_port, headers={"X-Forwarded-For": "203.0.113.9, 10.0.0.1"})
+    _, ws_port = ws_broker(start_broker, listener_toml, api_port=api_port)
+    ws = RawWs(ws_port, headers={header: value})
     ws.send_frame(rawmqtt.connect(rawmqtt.V311, "behind-proxy"))
     assert ws.recv_mqtt() == b"\x20\x02\x00\x00"
     status, body, _ = api(api_port, "GET", "/api/v5/clients/behind-proxy")
-    assert status == 200 and body["ip_address"] == "203.0.113.9", body
+    assert status == 200, body
     ws.close()
+    return body["ip_address"]
+
+
+def test_x_forwarded_for_sets_the_client_address(start_broker):
+    chain = ('[listeners.ws.default]\nproxy_address_header = "x-forwarded-for"\n'
+             'trusted_proxies = ["127.0.0.1", "10.0.0.0/8"]\n')
+    assert client_ip(start_broker, chain, "X-Forwarded-For", "203.0.113.9, 10.0.0.1") == "203.0.113.9"
+    rfc7239 = '[listeners.ws.default]\nproxy_address_header = "forwarded"\n'
+    assert client_ip(start_broker, rfc7239, "Forwarded", 'for="[2001:db8::9]:4711"') == "2001:db8::9"
+
+
+def test_a_forged_forwarding_header_does_not_choose_the_address(start_broker):
+    # Attack (issue #16): a client writes its own X-Forwarded-For. The proxy
+    # (here: the loopback peer, trusted by default) appends what it saw, so
+    # only the rightmost untrusted entry counts, not the forged leftmost one.
+    header = '[listeners.ws.default]\nproxy_address_header = "x-forwarded-for"\n'
+    assert client_ip(start_broker, header, "X-Forwarded-For", "6.6.6.6, 203.0.113.9") == "203.0.113.9"
+    # From a peer that is not a trusted proxy, the header is not believed.
+    untrusted = header + 'trusted_proxies = ["192.0.2.1"]\n'
+    assert client_ip(start_broker, untrusted, "X-Forwarded-For", "203.0.113.9") == "127.0.0.1"
 
 
 def test_forwarded_header_ignored_unless_configured(start_broker):
