@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 use tributary_config::Config;
 
 use crate::listener_stats::ListenerStats;
@@ -54,6 +54,11 @@ pub fn log(
         acl = %acl,
         "Tributary started"
     );
+    if backends.is_empty() && !a.anonymous_allowed() {
+        warn!(
+            "no authentication backend and authentication.allow_anonymous = false: every client is refused"
+        );
+    }
     for l in listeners {
         info!(listener = %l.label(), addr = %l.addr, security = %l.security, "  MQTT");
     }

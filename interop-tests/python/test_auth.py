@@ -120,7 +120,10 @@ def test_no_backend_anonymous_default_and_switch(start_broker):
     assert connect(start_broker().port, "anon", V311) == 0
     broker = start_broker(env={"TRIBUTARY_AUTHENTICATION__ALLOW_ANONYMOUS": "false"})
     assert connect(broker.port, "anon", V5) == NOT_AUTHORIZED[V5]
-    assert connect(broker.port, "named", V5, "someone", "x") == 0
+    # No backend can check a user name: everyone is refused, and the banner says so.
+    assert connect(broker.port, "named", V5, "someone", "x") == NOT_AUTHORIZED[V5]
+    assert connect(broker.port, "named3", V311, "someone", "x") == NOT_AUTHORIZED[V311]
+    assert "every client is refused" in broker.output()
 
 
 def test_startup_warning_for_anonymous_on_non_loopback(start_broker):

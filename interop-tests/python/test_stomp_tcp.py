@@ -4,11 +4,13 @@ transactions, heart-beats, and an ERROR for a bad frame."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
 import stomp
 
+from conftest import BIN
 from stomp_support import (CONNECTIONS, Collector, RawStomp, connect, start_stomp,  # noqa: F401 (fixtures)
                            stomp_broker)
 
@@ -226,8 +228,14 @@ def test_nul_bytes_in_body(stomp_broker):
     assert cmd == "MESSAGE" and body == b"a\0b\0c" and headers["content-length"] == "5"
 
 
-def test_login_required_when_anonymous_is_off(start_stomp):
-    b = start_stomp(env={"TRIBUTARY_AUTHENTICATION__ALLOW_ANONYMOUS": "false"})
+def test_login_required_when_anonymous_is_off(start_stomp, tmp_path):
+    users = tmp_path / "users.txt"
+    r = subprocess.run([str(BIN), "users", "add", "--file", str(users), "alice"], input="secret\n",
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    b = start_stomp(env={"TRIBUTARY_AUTHENTICATION__ALLOW_ANONYMOUS": "false",
+                         "TRIBUTARY_AUTHENTICATION__BUILT_IN_DATABASE__ENABLED": "true",
+                         "TRIBUTARY_AUTHENTICATION__BUILT_IN_DATABASE__USERS_FILE": str(users)})
     raw = RawStomp(b.stomp_port)
     raw.send(b"CONNECT\naccept-version:1.2\nhost:h\n\n\0")
     cmd, headers, _ = raw.frame()

@@ -15,8 +15,8 @@
 //! or deny decides. When every backend ignores, the client is let in only
 //! if anonymous access is on (`allow_anonymous`, which defaults to "on
 //! while no backend is enabled"). With no backend at all and anonymous
-//! access explicitly off, clients that present a user name are let in and
-//! clients without one are refused (the previous `AnonymousGate`).
+//! access explicitly off, nothing can check a user name, so every client
+//! is refused (the start-up banner says so).
 
 pub mod acl_file;
 pub mod acl_reload;
@@ -202,10 +202,9 @@ impl Chain {
             return AuthOutcome::Allow;
         }
         match (self.any_backend, client.username.is_some()) {
-            // No backend: a user name is accepted as it is (see the module docs).
-            (false, true) => AuthOutcome::Allow,
             (true, true) => AuthOutcome::BadCredentials,
-            (_, false) => AuthOutcome::NotAuthorized,
+            // No backend: nothing can check a user name (see the module docs).
+            (false, _) | (_, false) => AuthOutcome::NotAuthorized,
         }
     }
 
@@ -355,8 +354,8 @@ mod tests {
             AuthOutcome::NotAuthorized
         );
         assert_eq!(
-            chain.authenticate(&client("a", Some("u")), None),
-            AuthOutcome::Allow
+            chain.authenticate(&client("a", Some("u")), Some(b"any")),
+            AuthOutcome::NotAuthorized
         );
         config.authentication.allow_anonymous = None;
         config.authentication.jwt.enabled = true;
