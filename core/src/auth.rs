@@ -388,51 +388,33 @@ mod tests {
             peer: None,
             protocol: "mqtt",
         };
+        let allowed =
+            |c: &ClientInfo, action, topic| own.authorize(c, action, topic) == Permission::Allow;
         let honest = named("c1", "u1");
-        assert_eq!(
-            own.authorize(&honest, Action::Publish, "clients/c1/x"),
-            Permission::Allow
-        );
-        assert_eq!(
-            own.authorize(&honest, Action::Subscribe, "clients/c1/#"),
-            Permission::Allow
-        );
-        assert_eq!(
-            own.authorize(&honest, Action::Subscribe, "users/u1/+"),
-            Permission::Allow
-        );
-        assert_eq!(
-            own.authorize(&honest, Action::Publish, "clients/c2/x"),
-            Permission::Deny
-        );
-        for (id, user) in [("#", "#"), ("+", "+")] {
-            let wild = named(id, user);
-            for topic in ["clients/c1/x", "users/u1/x"] {
-                assert_eq!(
-                    own.authorize(&wild, Action::Publish, topic),
-                    Permission::Deny,
-                    "{id} {topic}"
-                );
-            }
-            for filter in [
-                "clients/#",
-                "clients/+/#",
-                "clients/c1/#",
-                "users/+/+",
-                "users/#",
-            ] {
-                assert_eq!(
-                    own.authorize(&wild, Action::Subscribe, filter),
-                    Permission::Deny,
-                    "{id} {filter}"
+        assert!(allowed(&honest, Action::Publish, "clients/c1/x"));
+        assert!(allowed(&honest, Action::Subscribe, "clients/c1/#"));
+        assert!(allowed(&honest, Action::Subscribe, "users/u1/+"));
+        assert!(!allowed(&honest, Action::Publish, "clients/c2/x"));
+        // A rule's own '+' does not cover a subscription's '#'.
+        assert!(!allowed(&honest, Action::Subscribe, "users/u1/#"));
+        let publishes = ["clients/c1/x", "users/u1/x"].map(|t| (Action::Publish, t));
+        let subscribes = [
+            "clients/#",
+            "clients/+/#",
+            "clients/c1/#",
+            "users/+/+",
+            "users/#",
+        ]
+        .map(|t| (Action::Subscribe, t));
+        for wild in [named("#", "#"), named("+", "+")] {
+            for (action, topic) in publishes.iter().chain(&subscribes) {
+                assert!(
+                    !allowed(&wild, *action, topic),
+                    "{} {topic}",
+                    wild.client_id
                 );
             }
         }
-        // A rule's own '+' does not cover a subscription's '#'.
-        assert_eq!(
-            own.authorize(&honest, Action::Subscribe, "users/u1/#"),
-            Permission::Deny
-        );
     }
 
     #[test]
