@@ -256,12 +256,18 @@ pub fn ip_in_net(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
-fn topic_matches(rule_topic: &str, client: &ClientInfo, action: Action, topic: &str) -> bool {
+/// `target` is `topic` split into its levels (once per check, not per rule).
+fn topic_matches(
+    rule_topic: &str,
+    client: &ClientInfo,
+    action: Action,
+    topic: &str,
+    target: &[&str],
+) -> bool {
     if let Some(exact) = rule_topic.strip_prefix("eq ") {
         return exact == topic;
     }
     let pattern = rule_levels(rule_topic, client);
-    let target: Vec<&str> = topic.split('/').collect();
     // A topic starting with '$' is not matched by a leading wildcard
     // [MQTT-4.7.2-1].
     if topic.starts_with('$') && matches!(pattern.first(), Some(Level::Plus | Level::Hash)) {
@@ -269,7 +275,7 @@ fn topic_matches(rule_topic: &str, client: &ClientInfo, action: Action, topic: &
     }
     // A subscription is allowed when the rule's filter covers every topic
     // it could match.
-    covers(&pattern, &target, action == Action::Subscribe)
+    covers(&pattern, target, action == Action::Subscribe)
 }
 
 /// One level of a rule's filter after `%u` / `%c` were filled in.
@@ -324,6 +330,7 @@ fn covers(pattern: &[Level<'_>], target: &[&str], filter: bool) -> bool {
 impl RuleAuthorizer {
     /// The permission of the first rule that matches, if any does.
     fn first_match(&self, client: &ClientInfo, action: Action, topic: &str) -> Option<Permission> {
+        let target: Vec<&str> = topic.split('/').collect();
         for rule in &self.rules {
             let action_ok = matches!(
                 (rule.action, action),
@@ -338,7 +345,7 @@ impl RuleAuthorizer {
             if rule
                 .topics
                 .iter()
-                .any(|t| topic_matches(t, client, action, topic))
+                .any(|t| topic_matches(t, client, action, topic, &target))
             {
                 return Some(rule.permission);
             }
